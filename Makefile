@@ -1,0 +1,80 @@
+# One entry point for a fresh Debian 12 machine (run as root, or with sudo for
+# the apt step). `make test` installs what it needs and runs the whole suite.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+# ansible-test only runs from a tree laid out as ansible_collections/NAMESPACE/NAME.
+COLL := .tmp/ansible_collections/osimage/builder
+RESULTS := $(CURDIR)/.tmp/results
+APT_PACKAGES := qemu-system-x86 qemu-utils ovmf linux-image-amd64 busybox-static cpio \
+	shellcheck python3-venv python3-dev gcc git make
+
+.PHONY: test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
+
+test: fresh-results setup sanity units lint integration
+	# One closing line for the whole suite, from the counts each stage recorded.
+	cat $(RESULTS)/*.count | awk '{p += $$1} END {printf "test: %d passed, 0 failed\n", p}'
+
+setup: apt venv
+
+fresh-results:
+	rm -rf $(RESULTS)
+
+apt:
+	missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done)
+	if [ -n "$$missing" ]; then
+	  echo "installing: $$missing"
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo
+	  $$SUDO apt-get update -q
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing
+	fi
+
+$(VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# ansible-test --venv bootstraps pip with a get-pip.py from a host outside the
+# package registries; it takes a cached copy first, and tests/utils has a stand-in.
+get-pip-standin: venv
+	version=$$(sed -n "s/^ *pip='\([0-9.]*\)',/\1/p" $$($(PY) -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py)
+	mkdir -p $(HOME)/.ansible/test/cache
+	cp tests/utils/get_pip_standin.py $(HOME)/.ansible/test/cache/get_pip_$${version//./_}.py
+
+collection:
+	rm -rf $(COLL)
+	mkdir -p $(COLL)
+	git ls-files -z --cached --others --exclude-standard | grep -zv '^\.collections/' | \
+	  while IFS= read -r -d '' f; do [ -e "$$f" ] || [ -L "$$f" ] && printf '%s\0' "$$f"; done | \
+	  cpio -0 -pdm --quiet $(COLL)
+	# A repository of its own, so that ansible-test lists these files rather than
+	# seeing them as ignored files of the checkout around them.
+	cd $(COLL) && git init -q && git add -A
+
+sanity: get-pip-standin collection
+	mkdir -p $(RESULTS)
+	cd $(COLL) && $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no 2>&1 | tee $(RESULTS)/sanity.log
+	grep -c '^Running sanity test' $(RESULTS)/sanity.log > $(RESULTS)/sanity.count
+
+units: venv
+	mkdir -p $(RESULTS)
+	PYTHONPATH=$(CURDIR)/.collections $(PY) -m pytest -q tests/unit 2>&1 | tee $(RESULTS)/units.log
+	sed -n 's/^\([0-9]*\) passed.*/\1/p' $(RESULTS)/units.log > $(RESULTS)/units.count
+
+lint: venv
+	$(VENV)/bin/ansible-lint --profile production
+	$(VENV)/bin/antsibull-changelog lint
+
+integration: venv collection
+	mkdir -p $(RESULTS)
+	cd $(COLL) && PATH=$(VENV)/bin:$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no 2>&1 \
+	  | tee $(RESULTS)/integration.log
+	grep -c '^Running .* integration test role' $(RESULTS)/integration.log > $(RESULTS)/integration.count
+
+clean:
+	rm -rf .tmp tests/output .ansible

@@ -1,0 +1,98 @@
+# -*- coding: utf-8 -*-
+# Copyright: osimage.builder contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run a long-lived program (qemu) detached from the Ansible module.
+
+A module's process ends when the task ends, so the program is started by a
+small supervisor that is double-forked into its own session. The supervisor
+keeps the program's output in a log file, writes the program's pid, and when
+the program ends writes its exit status - which tells "the guest powered
+itself off" (0) from "qemu failed" (non-zero) or "killed" (negative signal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import typing as t
+
+
+def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
+    tmp = '%s.tmp%d' % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode('utf-8'))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+    try:
+        with open(path, 'r', encoding='utf-8') as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _supervise(argv: t.List[str], pidfile: str, logfile: str, exitfile: str, report_fd: int) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.closerange(3, report_fd)
+    os.closerange(report_fd + 1, 65536)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                close_fds=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    except OSError as exc:
+        write_atomic(exitfile, json.dumps({'returncode': 127, 'error': str(exc), 'ended': time.time()}))
+        os.write(report_fd, b'E')
+        return
+    os.close(log)
+    write_atomic(pidfile, '%d\n' % proc.pid, 0o644)
+    os.write(report_fd, b'S')
+    os.close(report_fd)
+    returncode = proc.wait()
+    write_atomic(exitfile, json.dumps({'returncode': returncode, 'ended': time.time()}))
+
+
+def spawn_supervised(argv: t.List[str], pidfile: str, logfile: str, exitfile: str) -> bool:
+    """Start argv under a detached supervisor; True once it was spawned, False if exec failed."""
+    read_fd, write_fd = os.pipe()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - runs in the forked children
+        try:
+            os.close(read_fd)
+            os.setsid()
+            if os.fork() == 0:
+                try:
+                    _supervise(argv, pidfile, logfile, exitfile, write_fd)
+                finally:
+                    os._exit(0)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(first, 0)
+    try:
+        answer = os.read(read_fd, 1)
+    finally:
+        os.close(read_fd)
+    return answer == b'S'
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
