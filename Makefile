@@ -7,8 +7,10 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 # ansible-test only runs from a tree laid out as ansible_collections/NAMESPACE/NAME.
-COLL := .tmp/ansible_collections/osimage/builder
-RESULTS := $(CURDIR)/.tmp/results
+COLL ?= $(CURDIR)/.tmp/ansible_collections/osimage/builder
+RESULTS ?= $(CURDIR)/.tmp/results
+# e.g. make integration TARGETS=qemu_vm
+TARGETS ?=
 APT_PACKAGES := qemu-system-x86 qemu-utils ovmf linux-image-amd64 busybox-static cpio \
 	shellcheck python3-venv python3-dev gcc git make
 
@@ -72,7 +74,7 @@ lint: venv
 
 integration: venv collection
 	mkdir -p $(RESULTS)
-	cd $(COLL) && PATH=$(VENV)/bin:$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no 2>&1 \
+	cd $(COLL) && PATH=$(VENV)/bin:$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no $(TARGETS) 2>&1 \
 	  | tee $(RESULTS)/integration.log
 	grep -c '^Running .* integration test role' $(RESULTS)/integration.log > $(RESULTS)/integration.count
 
