@@ -96,3 +96,62 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _detach(keep_fds: t.Sequence[int]) -> None:
+    """Leave the module's world: no terminal, no cwd, no inherited descriptors but keep_fds."""
+    os.chdir('/')
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    # The Ansible connection waits for EOF on the module's stdout and stderr; every other
+    # inherited copy of them must go too, or the task would hang until the daemon exits.
+    low = 3
+    for fd in sorted(set(keep_fds)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 65536)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def daemonize(target: t.Callable[[], None], pidfile: str, keep_fds: t.Sequence[int] = ()) -> t.Optional[int]:
+    """Run target() in a double-forked daemon of its own session that outlives the module.
+
+    The daemon keeps only stdio (on /dev/null) and keep_fds, writes its pid to pidfile
+    and then calls target(); it exits when target returns. Returns the daemon's pid once
+    the pidfile is written, or None when the daemon failed before that.
+    """
+    read_fd, write_fd = os.pipe()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - runs in the forked children
+        try:
+            os.close(read_fd)
+            os.setsid()
+            if os.fork() == 0:
+                try:
+                    _detach(list(keep_fds) + [write_fd])
+                    write_atomic(pidfile, '%d\n' % os.getpid())
+                    os.write(write_fd, ('%d\n' % os.getpid()).encode('ascii'))
+                    os.close(write_fd)
+                    target()
+                finally:
+                    os._exit(0)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(first, 0)
+    answer = b''
+    try:
+        while True:
+            chunk = os.read(read_fd, 64)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        os.close(read_fd)
+    try:
+        return int(answer.decode('ascii').strip())
+    except ValueError:
+        return None

@@ -71,6 +71,20 @@ class QemuImgTool:
             argv.append('--shrink')
         return argv + [path, str(size)]
 
+    def convert_argv(self, src: str, dest: str, out_format: str, src_format: t.Optional[str] = None,
+                     options: t.Optional[str] = None, compress: bool = False) -> t.List[str]:
+        # An explicit -f keeps qemu-img from probing: a guest that wrote a qcow2 header
+        # onto its raw disk could otherwise make the host read files named in it.
+        argv = [self.binary, 'convert', '-q']
+        if src_format:
+            argv += ['-f', src_format]
+        argv += ['-O', out_format]
+        if options:
+            argv += ['-o', options]
+        if compress:
+            argv.append('-c')
+        return argv + [src, dest]
+
     def info(self, path: str) -> ImageInfo:
         info = parse_info(run_checked(self.run, self.info_argv(path), 'qemu-img info %s' % path))
         if info.backing_file and not os.path.isabs(info.backing_file):
@@ -85,3 +99,8 @@ class QemuImgTool:
 
     def resize(self, path: str, fmt: str, size: int, shrink: bool = False) -> None:
         run_checked(self.run, self.resize_argv(path, fmt, size, shrink), 'qemu-img resize %s' % path)
+
+    def convert(self, src: str, dest: str, out_format: str, src_format: t.Optional[str] = None,
+                options: t.Optional[str] = None, compress: bool = False) -> None:
+        run_checked(self.run, self.convert_argv(src, dest, out_format, src_format, options, compress),
+                    'qemu-img convert %s to %s' % (src, out_format))
