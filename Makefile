@@ -11,12 +11,20 @@ COLL ?= $(CURDIR)/.tmp/ansible_collections/osimage/builder
 RESULTS ?= $(CURDIR)/.tmp/results
 # e.g. make integration TARGETS=qemu_vm
 TARGETS ?=
-APT_PACKAGES := qemu-system-x86 qemu-utils ovmf linux-image-amd64 busybox-static cpio \
-	shellcheck python3-venv python3-dev gcc git make
+# What a build needs on a Debian build host, and what the tests need besides.
+BUILD_PACKAGES := qemu-system-x86 qemu-utils ovmf mmdebstrap fdisk dosfstools mtools e2fsprogs \
+	openssh-client python3-venv git make
+TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-dev gcc
+APT_PACKAGES ?= $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-.PHONY: test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
+.PHONY: build e2e test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
 
-test: fresh-results setup sanity units lint integration
+# Build the default image (blueprints/debian-12.yml) into ./output/.
+build:
+	$(MAKE) apt venv APT_PACKAGES="$(BUILD_PACKAGES)"
+	$(VENV)/bin/ansible-playbook build-image.yml $(BUILD_ARGS)
+
+test: fresh-results setup sanity units lint integration e2e
 	# One closing line for the whole suite, from the counts each stage recorded.
 	cat $(RESULTS)/*.count | awk '{p += $$1} END {printf "test: %d passed, 0 failed\n", p}'
 
@@ -77,6 +85,21 @@ integration: venv collection
 	cd $(COLL) && PATH=$(VENV)/bin:$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no $(TARGETS) 2>&1 \
 	  | tee $(RESULTS)/integration.log
 	grep -c '^Running .* integration test role' $(RESULTS)/integration.log > $(RESULTS)/integration.count
+
+# The end-to-end test: build blueprints/debian-12.yml with a test user, a provisioning
+# role and more, then boot the exported image as a user would and check it over SSH.
+E2E_DIR ?= $(CURDIR)/.tmp/e2e
+e2e: venv
+	mkdir -p $(RESULTS)
+	rm -rf $(E2E_DIR)
+	export E2E_DIR=$(E2E_DIR) ANSIBLE_ROLES_PATH=$(CURDIR)/tests/e2e/roles
+	RESULTS=$(RESULTS) bash tests/e2e/bad_input.sh
+	$(VENV)/bin/ansible-playbook tests/e2e/prepare.yml
+	$(VENV)/bin/ansible-playbook build-image.yml -e @$(E2E_DIR)/blueprint.yml -e osimage_output_dir=$(E2E_DIR)/output \
+	  -e build_image_accel=tcg
+	trap '$(VENV)/bin/ansible-playbook tests/e2e/verify_cleanup.yml > $(E2E_DIR)/verify_cleanup.log 2>&1' EXIT
+	$(VENV)/bin/ansible-playbook tests/e2e/verify.yml
+	echo 1 > $(RESULTS)/e2e.count
 
 clean:
 	rm -rf .tmp tests/output .ansible

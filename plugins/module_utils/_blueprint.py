@@ -1,0 +1,350 @@
+# -*- coding: utf-8 -*-
+# Copyright: osimage.builder contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Blueprints: check every field, name the field in every error, normalise.
+
+A blueprint is the ``blueprint`` mapping of a YAML vars file (so it can be given
+with ``-e @file`` or as AWX extra vars). Every customisation that the chosen OS
+and source cannot honour is an error here, before anything is started - never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import typing as t
+
+from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput
+from ansible_collections.osimage.builder.plugins.module_utils._sizes import parse_size
+
+# os -> what it is built from and what it can do. Sources and outputs not listed
+# for an OS are refused at validation time.
+OS_TABLE: t.Dict[str, t.Dict[str, t.Any]] = {
+    'debian-12': {
+        'family': 'debian', 'suite': 'bookworm', 'sources': ['bootstrap'], 'default_source': 'bootstrap',
+        'outputs': ['qcow2', 'raw'], 'firmware': ['bios', 'uefi'], 'password_scheme': 'sha512_crypt',
+    },
+}
+
+NAME_RE = re.compile(r'^[a-z0-9][a-z0-9._-]{0,62}$')
+HOSTNAME_RE = re.compile(r'^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$')
+USERNAME_RE = re.compile(r'^[a-z_][a-z0-9_-]{0,31}$')
+TIMEZONE_RE = re.compile(r'^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$')
+LOCALE_RE = re.compile(r'^[A-Za-z]{1,8}(_[A-Za-z]{2})?(\.[A-Za-z0-9-]+)?(@[a-z]+)?$')
+PACKAGE_RE = re.compile(r'^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:*-]+)?$')
+SERVICE_RE = re.compile(r'^[A-Za-z0-9@_.:-]+$')
+SSH_KEY_RE = re.compile(r'^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( .*)?$')
+OUTPUT_FORMATS = ['qcow2', 'raw', 'vmdk', 'vhd', 'vhdx', 'gce', 'box', 'ova']
+
+# field -> (type, default, children). type: str, int, bool, size, list:<type>, dict, list:dict.
+Schema = t.Dict[str, t.Tuple[str, t.Any, t.Optional[t.Dict[str, t.Any]]]]
+
+USER: Schema = {
+    'name': ('str', None, None),
+    'password': ('str', None, None),
+    'password_hash': ('str', None, None),
+    'ssh_keys': ('list:str', [], None),
+    'groups': ('list:str', [], None),
+    'sudo': ('bool', False, None),
+    'shell': ('str', '/bin/bash', None),
+}
+FILE: Schema = {
+    'path': ('str', None, None),
+    'content': ('str', None, None),
+    'src': ('str', None, None),
+    'mode': ('str', '0644', None),
+    'owner': ('str', 'root', None),
+    'group': ('str', 'root', None),
+}
+PROVISION: Schema = {
+    'role': ('str', None, None),
+    'tasks': ('str', None, None),
+    'vars': ('dict', {}, None),
+}
+OUTPUT: Schema = {
+    'format': ('str', None, None),
+    'compress': ('bool', False, None),
+}
+SCHEMA: Schema = {
+    'name': ('str', None, None),
+    'version': ('str', '1.0.0', None),
+    'description': ('str', '', None),
+    'os': ('str', None, None),
+    'source': ('dict', {}, {
+        'type': ('str', None, None),
+        'mirror': ('str', None, None),
+        'security_mirror': ('str', None, None),
+        'components': ('list:str', ['main'], None),
+        'proxy': ('str', None, None),
+    }),
+    'hypervisor': ('str', 'auto', None),
+    'vm': ('dict', {}, {
+        'cpus': ('int', 2, None),
+        'memory': ('size', '2G', None),
+        'disk_size': ('size', '4G', None),
+        'firmware': ('str', 'bios', None),
+    }),
+    'packages': ('list:str', [], None),
+    'users': ('list:dict', [], USER),
+    'hostname': ('str', None, None),
+    'timezone': ('str', 'Etc/UTC', None),
+    'locale': ('str', 'C.UTF-8', None),
+    'keyboard': ('str', 'us', None),
+    'services': ('dict', {}, {
+        'enabled': ('list:str', [], None),
+        'disabled': ('list:str', [], None),
+    }),
+    'kernel_append': ('str', '', None),
+    'files': ('list:dict', [], FILE),
+    'provision': ('list:dict', [], PROVISION),
+    'outputs': ('list:dict', [{'format': 'qcow2'}], OUTPUT),
+    'seed': ('str', None, None),
+}
+REQUIRED = {'': ['name', 'os'], 'users': ['name'], 'files': ['path'], 'outputs': ['format']}
+TYPE_WORDS = {'str': 'a string', 'int': 'an integer', 'bool': 'true or false', 'size': 'a size such as "4G"',
+              'dict': 'a mapping', 'list:str': 'a list of strings', 'list:dict': 'a list of mappings'}
+
+
+def _did_you_mean(word: str, choices: t.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return ' (did you mean %r?)' % close[0] if close else ''
+
+
+def _plain(value: t.Any) -> t.Any:
+    """Ansible hands in its own str/dict/list subclasses; messages should show plain values."""
+    for base in (bool, str, int, float, dict, list):
+        if isinstance(value, base):
+            return base(value)
+    return value
+
+
+def _check_type(field: str, kind: str, value: t.Any) -> t.Any:
+    plain = _plain(value)
+    shown = '(hidden)' if 'password' in field else repr(plain)
+    bad = InvalidInput('%s: expected %s, got %s %s' % (field, TYPE_WORDS[kind], type(plain).__name__, shown))
+    if kind == 'str':
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad
+        return str(value)
+    if kind == 'int':
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if not isinstance(value, int):
+            raise bad
+        return value
+    if kind == 'bool':
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ('yes', 'no', 'true', 'false'):
+            return value.lower() in ('yes', 'true')
+        raise bad
+    if kind == 'size':
+        return parse_size(value, field)
+    if kind == 'dict':
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if kind in ('list:str', 'list:dict'):
+        if not isinstance(value, list):
+            raise bad
+        return value
+    raise AssertionError(kind)
+
+
+def _walk(field: str, schema: Schema, raw: t.Any, required: t.List[str]) -> t.Dict[str, t.Any]:
+    if not isinstance(raw, dict):
+        raise InvalidInput('%s: expected a mapping, got %r' % (field or 'blueprint', _plain(raw)))
+    for key in raw:
+        if key not in schema:
+            where = '%s.%s' % (field, key) if field else str(key)
+            raise InvalidInput('%s: unknown key%s; known keys here: %s'
+                               % (where, _did_you_mean(str(key), schema), ', '.join(sorted(schema))))
+    out: t.Dict[str, t.Any] = {}
+    for key, (kind, default, children) in schema.items():
+        where = '%s.%s' % (field, key) if field else key
+        if key not in raw or raw[key] is None:
+            if key in required:
+                raise InvalidInput('%s: is required' % where)
+            value = json.loads(json.dumps(default))
+            if kind == 'size' and value is not None:
+                value = parse_size(value, where)
+            if kind == 'dict' and children:
+                value = _walk(where, children, value or {}, [])
+            elif kind == 'list:dict' and children:
+                value = [_walk('%s[%d]' % (where, i), children, item, REQUIRED.get(key, []))
+                         for i, item in enumerate(value)]
+            out[key] = value
+            continue
+        value = _check_type(where, kind, raw[key])
+        if kind == 'dict' and children:
+            value = _walk(where, children, value, [])
+        elif kind == 'list:dict':
+            value = [_walk('%s[%d]' % (where, i), children or {}, item, REQUIRED.get(key, []))
+                     for i, item in enumerate(value)]
+        elif kind == 'list:str':
+            value = [_check_type('%s[%d]' % (where, i), 'str', item) for i, item in enumerate(value)]
+        out[key] = value
+    return out
+
+
+def _one_of(field: str, value: str, choices: t.Iterable[str], what: str) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise InvalidInput('%s: %r is not %s%s; choose one of %s'
+                           % (field, str(value), what, _did_you_mean(value, choices), ', '.join(choices)))
+
+
+def _check_semantics(bp: t.Dict[str, t.Any]) -> None:
+    if not NAME_RE.match(bp['name']):
+        raise InvalidInput('name: %r must be lower-case letters, digits, ".", "_" or "-", starting with a letter '
+                           'or digit' % bp['name'])
+    if not re.match(r'^[A-Za-z0-9][A-Za-z0-9._+-]*$', bp['version']):
+        raise InvalidInput('version: %r must be letters, digits, ".", "_", "+" or "-"' % bp['version'])
+    if len(bp['name']) + len(bp['version']) > 48:
+        raise InvalidInput('name, version: together at most 48 characters (they name the build\'s directories '
+                           'and sockets), got %d' % (len(bp['name']) + len(bp['version'])))
+    _one_of('os', bp['os'], OS_TABLE, 'a supported operating system')
+    osinfo = OS_TABLE[bp['os']]
+    source = bp['source']
+    source['type'] = source['type'] or osinfo['default_source']
+    _one_of('source.type', source['type'], ['installer', 'cloud_image', 'bootstrap'], 'a source type')
+    if source['type'] not in osinfo['sources']:
+        raise InvalidInput('source.type: %s cannot be built from %r; %s supports %s'
+                           % (bp['os'], source['type'], bp['os'], ', '.join(osinfo['sources'])))
+    for key in ('mirror', 'security_mirror', 'proxy'):
+        if source[key] and not re.match(r'^(https?|file)://\S+$', source[key]):
+            raise InvalidInput('source.%s: %r is not an http(s):// or file:// URL' % (key, source[key]))
+    _one_of('hypervisor', bp['hypervisor'], ['auto', 'qemu', 'vmm'], 'a hypervisor')
+    if bp['hypervisor'] == 'vmm':
+        raise InvalidInput('hypervisor: vmm builds are not available yet; use qemu (or auto)')
+    vm = bp['vm']
+    if vm['cpus'] < 1 or vm['cpus'] > 64:
+        raise InvalidInput('vm.cpus: %d is out of range 1..64' % vm['cpus'])
+    if vm['memory'] < 256 * 1024 ** 2:
+        raise InvalidInput('vm.memory: %d bytes is too little; a build VM needs at least 256M' % vm['memory'])
+    if vm['disk_size'] < 2 * 1024 ** 3:
+        raise InvalidInput('vm.disk_size: %d bytes is too small; %s needs at least 2G' % (vm['disk_size'], bp['os']))
+    _one_of('vm.firmware', vm['firmware'], osinfo['firmware'], 'a firmware %s supports' % bp['os'])
+    for index, package in enumerate(bp['packages']):
+        if not PACKAGE_RE.match(package):
+            raise InvalidInput('packages[%d]: %r is not a package name (optionally =version, * allowed)'
+                               % (index, package))
+    names = set()
+    for index, user in enumerate(bp['users']):
+        where = 'users[%d]' % index
+        if not USERNAME_RE.match(user['name']):
+            raise InvalidInput('%s.name: %r is not a valid user name' % (where, user['name']))
+        if user['name'] in names:
+            raise InvalidInput('%s.name: user %r is listed twice' % (where, user['name']))
+        names.add(user['name'])
+        if user['password'] is not None and user['password_hash'] is not None:
+            raise InvalidInput('%s: give password or password_hash, not both' % where)
+        if user['password_hash'] is not None and not user['password_hash'].startswith('$'):
+            raise InvalidInput('%s.password_hash: expected a crypt(3) hash such as $6$...' % where)
+        for k, key in enumerate(user['ssh_keys']):
+            if not SSH_KEY_RE.match(key.strip()):
+                raise InvalidInput('%s.ssh_keys[%d]: not an OpenSSH public key ("ssh-ed25519 AAAA... comment")'
+                                   % (where, k))
+    if bp['hostname'] is not None and not HOSTNAME_RE.match(bp['hostname']):
+        raise InvalidInput('hostname: %r is not a valid host name' % bp['hostname'])
+    if not TIMEZONE_RE.match(bp['timezone']):
+        raise InvalidInput('timezone: %r is not a time zone name such as Europe/Berlin' % bp['timezone'])
+    if not re.match(r'^[a-z]{2,3}$', bp['keyboard']):
+        raise InvalidInput('keyboard: %r is not an XKB layout name such as us or de' % bp['keyboard'])
+    if re.search(r'["\'`$\\\n\r;&|<>]', bp['kernel_append']):
+        raise InvalidInput('kernel_append: %r holds quotes, $, backslashes, separators or line breaks; give only '
+                           'kernel arguments such as "net.ifnames=0 quiet"' % bp['kernel_append'])
+    if not LOCALE_RE.match(bp['locale']):
+        raise InvalidInput('locale: %r is not a locale such as en_US.UTF-8' % bp['locale'])
+    for state in ('enabled', 'disabled'):
+        for index, service in enumerate(bp['services'][state]):
+            if not SERVICE_RE.match(service):
+                raise InvalidInput('services.%s[%d]: %r is not a service name' % (state, index, service))
+    both = set(bp['services']['enabled']) & set(bp['services']['disabled'])
+    if both:
+        raise InvalidInput('services: %s cannot be both enabled and disabled' % ', '.join(sorted(both)))
+    for index, entry in enumerate(bp['files']):
+        where = 'files[%d]' % index
+        if not entry['path'].startswith('/'):
+            raise InvalidInput('%s.path: %r must be an absolute path in the guest' % (where, entry['path']))
+        if (entry['content'] is None) == (entry['src'] is None):
+            raise InvalidInput('%s: give exactly one of content or src' % where)
+        if not re.match(r'^0?[0-7]{3,4}$', entry['mode']):
+            raise InvalidInput('%s.mode: %r is not an octal mode such as "0644"' % (where, entry['mode']))
+    for index, step in enumerate(bp['provision']):
+        if (step['role'] is None) == (step['tasks'] is None):
+            raise InvalidInput('provision[%d]: give exactly one of role or tasks' % index)
+        for name in step['vars']:
+            if not re.match(r'^[A-Za-z_][A-Za-z0-9_]*$', str(name)) or str(name).startswith('ansible_'):
+                raise InvalidInput('provision[%d].vars: %r is not a variable name a step may set (letters, digits, '
+                                   '"_", and not ansible_*)' % (index, str(name)))
+    if not bp['outputs']:
+        raise InvalidInput('outputs: at least one output is needed')
+    seen = set()
+    for index, output in enumerate(bp['outputs']):
+        _one_of('outputs[%d].format' % index, output['format'], OUTPUT_FORMATS, 'an output format')
+        if output['format'] not in osinfo['outputs']:
+            raise InvalidInput('outputs[%d].format: %s images cannot be exported as %s yet; supported: %s'
+                               % (index, bp['os'], output['format'], ', '.join(osinfo['outputs'])))
+        if output['format'] in seen:
+            raise InvalidInput('outputs[%d].format: %s is listed twice' % (index, output['format']))
+        seen.add(output['format'])
+        if output['compress'] and output['format'] != 'qcow2':
+            raise InvalidInput('outputs[%d].compress: only qcow2 output can be compressed for now' % index)
+
+
+def normalise(raw: t.Any, hash_password: t.Optional[t.Callable[[str, str], str]] = None,
+              base_dir: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+    """Return the checked blueprint with defaults filled in and plain passwords replaced by hashes.
+
+    Relative ``provision[].tasks`` and ``files[].src`` paths are made absolute against base_dir (the
+    directory ansible-playbook was started in), where the user wrote them from.
+    """
+    if raw is None:
+        raise InvalidInput('blueprint: no blueprint was given; pass one with -e @blueprints/NAME.yml')
+    bp = _walk('', SCHEMA, raw, REQUIRED[''])
+    _check_semantics(bp)
+    osinfo = OS_TABLE[bp['os']]
+    bp['family'] = osinfo['family']
+    bp['source']['suite'] = osinfo.get('suite')
+    bp['hostname'] = bp['hostname'] or bp['name'].split('.')[0].replace('_', '-')
+    bp['seed'] = bp['seed'] or '%s-%s' % (bp['name'], bp['version'])
+    if base_dir:
+        for step in bp['provision']:
+            if step['tasks'] and not step['tasks'].startswith('/'):
+                step['tasks'] = '%s/%s' % (base_dir.rstrip('/'), step['tasks'])
+        for entry in bp['files']:
+            if entry['src'] and not entry['src'].startswith('/'):
+                entry['src'] = '%s/%s' % (base_dir.rstrip('/'), entry['src'])
+    for user in bp['users']:
+        if user['password'] is not None:
+            if hash_password is None:
+                raise InvalidInput('users: a plain password needs passlib on the controller to be hashed')
+            user['password_hash'] = hash_password(user['password'], osinfo['password_scheme'])
+        user.pop('password')
+    return bp
+
+
+def digest(bp: t.Dict[str, t.Any]) -> str:
+    return hashlib.sha256(json.dumps(bp, sort_keys=True).encode('utf-8')).hexdigest()
+
+
+def redacted(bp: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The blueprint as it may be written into a manifest: no password hashes."""
+    copy = json.loads(json.dumps(bp))
+    for user in copy.get('users', []):
+        if user.get('password_hash'):
+            user['password_hash'] = '<redacted>'
+    for entry in copy.get('files', []):  # contents may be secrets; their digest names them well enough
+        if entry.get('content') is not None:
+            entry['content'] = 'sha256:' + hashlib.sha256(entry['content'].encode('utf-8')).hexdigest()
+    source = copy.get('source', {})
+    for key in ('mirror', 'security_mirror', 'proxy'):
+        if source.get(key):
+            source[key] = re.sub(r'^(\w+://)[^@/]*@', r'\1', source[key])
+    return copy
