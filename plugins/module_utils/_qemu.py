@@ -440,11 +440,22 @@ class QemuVm:
             time.sleep(0.5)
 
     def _check_exit(self, console_tail: t.List[str]) -> t.Dict[str, t.Any]:
-        record = self.exit_record() or {'returncode': None}
+        # The supervisor writes the record right after it has reaped qemu; between the two the
+        # pid is already gone, so give it a moment.
+        deadline = time.monotonic() + 5
+        record = self.exit_record()
+        while record is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            record = self.exit_record()
+        record = record or {'returncode': None}
         returncode = record.get('returncode')
         if returncode != 0:
-            what = ('was killed by signal %d' % -returncode if isinstance(returncode, int) and returncode < 0
-                    else 'exited with status %s' % returncode)
+            if isinstance(returncode, int) and returncode < 0:
+                what = 'was killed by signal %d' % -returncode
+            elif returncode is None:
+                what = 'ended without an exit status (its supervisor was killed?)'
+            else:
+                what = 'exited with status %s' % returncode
             log = self.qemu_log_tail()
             raise VmError('qemu %s while the guest was running: %s' % (what, log[-1] if log else 'no output'),
                           qemu_log=log, console_tail=console_tail, exit_status=returncode)

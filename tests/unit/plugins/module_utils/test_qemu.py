@@ -119,3 +119,26 @@ def test_spec_differences():
     new = _qemu.normalise(params(memory='4G', cpus=4))
     assert _qemu.spec_differences(old, new) == ['cpus', 'memory']
     assert _qemu.spec_differences(old, _qemu.normalise(params(memory='2048M'))) == []
+
+
+def test_exit_record_written_just_after_the_pid_is_gone(tmp_path):
+    """The supervisor reaps qemu first and writes its exit status a moment later."""
+    import json
+    import threading
+    spec = _qemu.normalise(params(work_dir=str(tmp_path)))
+    vm = _qemu.QemuVm('deb12', str(tmp_path), spec)
+    timer = threading.Timer(0.3, lambda: (tmp_path / 'deb12.exit').write_text(json.dumps({'returncode': 0})))
+    timer.start()
+    try:
+        assert vm._check_exit([])['returncode'] == 0
+    finally:
+        timer.cancel()
+
+
+def test_killed_qemu_is_an_error(tmp_path):
+    import json
+    spec = _qemu.normalise(params(work_dir=str(tmp_path)))
+    vm = _qemu.QemuVm('deb12', str(tmp_path), spec)
+    (tmp_path / 'deb12.exit').write_text(json.dumps({'returncode': -9}))
+    with pytest.raises(_qemu.VmError, match='qemu was killed by signal 9 while the guest was running'):
+        vm._check_exit(['last line'])
