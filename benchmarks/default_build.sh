@@ -23,5 +23,5 @@ manifest = json.load(open(sys.argv[1]))
 stages = {stage['name']: stage['seconds'] for stage in manifest['stages']}
 print(json.dumps({'stages_seconds': stages, 'stages_total_seconds': round(sum(stages.values()), 1),
                   'wall_clock_seconds': round(float(sys.argv[3]) - float(sys.argv[2]), 1),
-                  'artifacts': {a['name']: a['size'] for a in manifest['artifacts']}}, indent=2))
+                  'artifacts': {a['path']: a['size'] for a in manifest['artifacts']}}, indent=2))
 PY

@@ -31,6 +31,14 @@ def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
+def read_pid(path: str) -> t.Optional[int]:
+    try:
+        with open(path, 'r', encoding='ascii') as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
     try:
         with open(path, 'r', encoding='utf-8') as handle:

@@ -659,11 +659,7 @@ class AutoinstallServer:
         return _daemon.read_json(self.paths.statefile)
 
     def pid(self) -> t.Optional[int]:
-        try:
-            with open(self.paths.pidfile, 'r', encoding='ascii') as handle:
-                return int(handle.read().strip())
-        except (OSError, ValueError):
-            return None
+        return _daemon.read_pid(self.paths.pidfile)
 
     def running(self) -> bool:
         """Whether the server of record runs; a pid without a record is never taken for it (nor killed)."""

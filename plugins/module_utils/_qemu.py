@@ -245,11 +245,7 @@ class QemuVm:
     # -- what is there now -------------------------------------------------
 
     def pid(self) -> t.Optional[int]:
-        try:
-            with open(self.paths.pidfile, 'r', encoding='ascii') as handle:
-                return int(handle.read().strip())
-        except (OSError, ValueError):
-            return None
+        return _daemon.read_pid(self.paths.pidfile)
 
     def _is_ours(self, pid: int) -> bool:
         # A pid can be reused after a host reboot; on Linux make sure it is this VM's qemu.
