@@ -91,19 +91,19 @@ requirements:
 EXAMPLES = r'''
 - name: Create the build disk
   osimage.builder.disk_image:
-    path: /var/lib/osimage/work/debian-12/disk.qcow2
+    path: /var/lib/osimage/builds/debian-12/disk.qcow2
     format: qcow2
     size: 20G
 
 - name: Start from a vendor cloud image without modifying it
   osimage.builder.disk_image:
-    path: /var/lib/osimage/work/debian-12/disk.qcow2
+    path: /var/lib/osimage/builds/debian-12/disk.qcow2
     backing_file: /var/lib/osimage/cache/debian-12-genericcloud-amd64.qcow2
     size: 20G
 
 - name: Remove the build disk
   osimage.builder.disk_image:
-    path: /var/lib/osimage/work/debian-12/disk.qcow2
+    path: /var/lib/osimage/builds/debian-12/disk.qcow2
     state: absent
 '''
 

@@ -116,7 +116,7 @@ requirements:
 EXAMPLES = r'''
 - name: Export the build disk as compressed qcow2 and raw
   osimage.builder.image_export:
-    src: /var/lib/osimage/work/debian-12/disk.qcow2
+    src: /var/lib/osimage/builds/debian-12/disk.qcow2
     src_format: qcow2
     dest: /var/lib/osimage/output/debian-12-1.0.0
     basename: debian-12-1.0.0
