@@ -48,13 +48,7 @@ def read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
 
 
 def _supervise(argv: t.List[str], pidfile: str, logfile: str, exitfile: str, report_fd: int) -> None:
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.closerange(3, report_fd)
-    os.closerange(report_fd + 1, 65536)
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_IGN)
+    _detach([report_fd])
     log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -74,6 +68,15 @@ def _supervise(argv: t.List[str], pidfile: str, logfile: str, exitfile: str, rep
 
 def spawn_supervised(argv: t.List[str], pidfile: str, logfile: str, exitfile: str) -> bool:
     """Start argv under a detached supervisor; True once it was spawned, False if exec failed."""
+    return _double_fork(lambda report_fd: _supervise(argv, pidfile, logfile, exitfile, report_fd)) == b'S'
+
+
+def _double_fork(child: t.Callable[[int], None]) -> bytes:
+    """Run child(report_fd) in a grandchild of its own session; return what it wrote to report_fd.
+
+    The parent waits until the grandchild closes report_fd (or exits), so the caller learns
+    whether the daemon got going, while the module's process can end independently of it.
+    """
     read_fd, write_fd = os.pipe()
     first = os.fork()
     if first == 0:  # pragma: no cover - runs in the forked children
@@ -82,18 +85,23 @@ def spawn_supervised(argv: t.List[str], pidfile: str, logfile: str, exitfile: st
             os.setsid()
             if os.fork() == 0:
                 try:
-                    _supervise(argv, pidfile, logfile, exitfile, write_fd)
+                    child(write_fd)
                 finally:
                     os._exit(0)
         finally:
             os._exit(0)
     os.close(write_fd)
     os.waitpid(first, 0)
+    answer = b''
     try:
-        answer = os.read(read_fd, 1)
+        while True:
+            chunk = os.read(read_fd, 64)
+            if not chunk:
+                break
+            answer += chunk
     finally:
         os.close(read_fd)
-    return answer == b'S'
+    return answer
 
 
 def pid_alive(pid: int) -> bool:
@@ -131,34 +139,14 @@ def daemonize(target: t.Callable[[], None], pidfile: str, keep_fds: t.Sequence[i
     and then calls target(); it exits when target returns. Returns the daemon's pid once
     the pidfile is written, or None when the daemon failed before that.
     """
-    read_fd, write_fd = os.pipe()
-    first = os.fork()
-    if first == 0:  # pragma: no cover - runs in the forked children
-        try:
-            os.close(read_fd)
-            os.setsid()
-            if os.fork() == 0:
-                try:
-                    _detach(list(keep_fds) + [write_fd])
-                    write_atomic(pidfile, '%d\n' % os.getpid())
-                    os.write(write_fd, ('%d\n' % os.getpid()).encode('ascii'))
-                    os.close(write_fd)
-                    target()
-                finally:
-                    os._exit(0)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    os.waitpid(first, 0)
-    answer = b''
-    try:
-        while True:
-            chunk = os.read(read_fd, 64)
-            if not chunk:
-                break
-            answer += chunk
-    finally:
-        os.close(read_fd)
+    def child(report_fd: int) -> None:  # pragma: no cover - runs in the daemon
+        _detach(list(keep_fds) + [report_fd])
+        write_atomic(pidfile, '%d\n' % os.getpid())
+        os.write(report_fd, ('%d\n' % os.getpid()).encode('ascii'))
+        os.close(report_fd)
+        target()
+
+    answer = _double_fork(child)
     try:
         return int(answer.decode('ascii').strip())
     except ValueError:
