@@ -12,9 +12,9 @@ RESULTS ?= $(CURDIR)/.tmp/results
 # e.g. make integration TARGETS=qemu_vm
 TARGETS ?=
 # What a build needs on a Debian build host, and what the tests need besides.
-BUILD_PACKAGES := qemu-system-x86 qemu-utils ovmf mmdebstrap fdisk dosfstools mtools e2fsprogs \
+BUILD_PACKAGES := qemu-system-x86 qemu-utils ovmf mmdebstrap fdisk dosfstools mtools e2fsprogs zstd xz-utils pigz \
 	openssh-client python3-venv git make
-TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-dev gcc
+TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-dev gcc gnupg signify-openbsd minisign libxml2-utils
 APT_PACKAGES ?= $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
 .PHONY: build e2e test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
