@@ -18,6 +18,8 @@ import re
 import typing as t
 
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput
+from ansible_collections.osimage.builder.plugins.module_utils._formats import (
+    COMPRESSIONS, FORMATS, QCOW2_COMPRESSIONS, extension)
 from ansible_collections.osimage.builder.plugins.module_utils._sizes import parse_size
 
 # os -> what it is built from and what it can do. Sources and outputs not listed
@@ -25,7 +27,8 @@ from ansible_collections.osimage.builder.plugins.module_utils._sizes import pars
 OS_TABLE: t.Dict[str, t.Dict[str, t.Any]] = {
     'debian-12': {
         'family': 'debian', 'suite': 'bookworm', 'sources': ['bootstrap'], 'default_source': 'bootstrap',
-        'outputs': ['qcow2', 'raw'], 'firmware': ['bios', 'uefi'], 'password_scheme': 'sha512_crypt',
+        'outputs': ['qcow2', 'raw', 'vmdk', 'vhd', 'vhdx', 'gce', 'box', 'ova'],
+        'firmware': ['bios', 'uefi'], 'password_scheme': 'sha512_crypt',
     },
 }
 
@@ -37,7 +40,7 @@ LOCALE_RE = re.compile(r'^[A-Za-z]{1,8}(_[A-Za-z]{2})?(\.[A-Za-z0-9-]+)?(@[a-z]+
 PACKAGE_RE = re.compile(r'^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:*-]+)?$')
 SERVICE_RE = re.compile(r'^[A-Za-z0-9@_.:-]+$')
 SSH_KEY_RE = re.compile(r'^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( .*)?$')
-OUTPUT_FORMATS = ['qcow2', 'raw', 'vmdk', 'vhd', 'vhdx', 'gce', 'box', 'ova']
+OUTPUT_FORMATS = list(FORMATS)
 
 # field -> (type, default, children). type: str, int, bool, size, list:<type>, dict, list:dict.
 Schema = t.Dict[str, t.Tuple[str, t.Any, t.Optional[t.Dict[str, t.Any]]]]
@@ -66,7 +69,8 @@ PROVISION: Schema = {
 }
 OUTPUT: Schema = {
     'format': ('str', None, None),
-    'compress': ('bool', False, None),
+    'compress': ('str', None, None),
+    'qcow2_compression': ('str', 'none', None),
 }
 SCHEMA: Schema = {
     'name': ('str', None, None),
@@ -102,6 +106,7 @@ SCHEMA: Schema = {
     'provision': ('list:dict', [], PROVISION),
     'outputs': ('list:dict', [{'format': 'qcow2'}], OUTPUT),
     'seed': ('str', None, None),
+    'source_date_epoch': ('int', None, None),
 }
 REQUIRED = {'': ['name', 'os'], 'users': ['name'], 'files': ['path'], 'outputs': ['format']}
 TYPE_WORDS = {'str': 'a string', 'int': 'an integer', 'bool': 'true or false', 'size': 'a size such as "4G"',
@@ -285,17 +290,31 @@ def _check_semantics(bp: t.Dict[str, t.Any]) -> None:
                                    '"_", and not ansible_*)' % (index, str(name)))
     if not bp['outputs']:
         raise InvalidInput('outputs: at least one output is needed')
-    seen = set()
+    seen: t.Dict[str, int] = {}
     for index, output in enumerate(bp['outputs']):
-        _one_of('outputs[%d].format' % index, output['format'], OUTPUT_FORMATS, 'an output format')
+        where = 'outputs[%d]' % index
+        _one_of(where + '.format', output['format'], OUTPUT_FORMATS, 'an output format')
         if output['format'] not in osinfo['outputs']:
-            raise InvalidInput('outputs[%d].format: %s images cannot be exported as %s yet; supported: %s'
-                               % (index, bp['os'], output['format'], ', '.join(osinfo['outputs'])))
-        if output['format'] in seen:
-            raise InvalidInput('outputs[%d].format: %s is listed twice' % (index, output['format']))
-        seen.add(output['format'])
-        if output['compress'] and output['format'] != 'qcow2':
-            raise InvalidInput('outputs[%d].compress: only qcow2 output can be compressed for now' % index)
+            raise InvalidInput('%s.format: %s images cannot be exported as %s yet; supported: %s'
+                               % (where, bp['os'], output['format'], ', '.join(osinfo['outputs'])))
+        spec = FORMATS[output['format']]
+        if output['compress'] is not None:
+            _one_of(where + '.compress', output['compress'], COMPRESSIONS, 'a compression')
+            if output['compress'] not in spec.compressions:
+                raise InvalidInput('%s.compress: %s images cannot be compressed with %s; they can be: %s'
+                                   % (where, output['format'], output['compress'], ', '.join(spec.compressions)))
+        _one_of(where + '.qcow2_compression', output['qcow2_compression'], QCOW2_COMPRESSIONS,
+                'a qcow2 cluster compression')
+        if output['qcow2_compression'] != 'none' and not spec.uses_qcow2_compression:
+            raise InvalidInput('%s.qcow2_compression: only qcow2 and box outputs hold a qcow2 disk' % where)
+        key = extension(output['format'], output['compress'] or spec.compressions[0])
+        if key in seen:
+            raise InvalidInput('%s: %s with compress %s makes the same file (.%s) as outputs[%d]'
+                               % (where, output['format'], output['compress'] or spec.compressions[0], key, seen[key]))
+        seen[key] = index
+    epoch = bp['source_date_epoch']
+    if epoch is not None and not 0 <= epoch < 2 ** 32:
+        raise InvalidInput('source_date_epoch: %d is not a number of seconds since 1970 (0 to 4294967295)' % epoch)
 
 
 def normalise(raw: t.Any, hash_password: t.Optional[t.Callable[[str, str], str]] = None,

@@ -83,6 +83,7 @@ class Request(t.NamedTuple):
     seed: str
     cache_dir: str
     cache_max_age: float = 24.0  # hours; an older root filesystem tarball is made again
+    source_date_epoch: t.Optional[int] = None
 
 
 def include_list(extra: t.List[str]) -> t.List[str]:
@@ -94,7 +95,9 @@ def include_list(extra: t.List[str]) -> t.List[str]:
 
 
 def mmdebstrap_argv(req: Request, tarball: str) -> t.List[str]:
-    argv = ['mmdebstrap', '--variant=apt', '--mode=root', '--format=tar', '--include=' + ','.join(include_list(req.packages))]
+    # mmdebstrap clamps file times to SOURCE_DATE_EPOCH and leaves out what would differ (its manual, "ENVIRONMENT").
+    env = [] if req.source_date_epoch is None else ['env', 'SOURCE_DATE_EPOCH=%d' % req.source_date_epoch]
+    argv = env + ['mmdebstrap', '--variant=apt', '--mode=root', '--format=tar', '--include=' + ','.join(include_list(req.packages))]
     for key, value in sorted(req.apt_options.items()):
         argv.append('--aptopt=%s "%s"' % (key, value))
     return argv + [req.suite, tarball] + list(req.sources)
@@ -103,6 +106,8 @@ def mmdebstrap_argv(req: Request, tarball: str) -> t.List[str]:
 def rootfs_key(req: Request) -> str:
     data = {'suite': req.suite, 'sources': req.sources, 'packages': include_list(req.packages),
             'options': req.apt_options}
+    if req.source_date_epoch is not None:
+        data['source_date_epoch'] = req.source_date_epoch
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -69,6 +69,11 @@ options:
     description: Seed of the partition table and filesystem UUIDs.
     type: str
     required: true
+  source_date_epoch:
+    description:
+      - Seconds since 1970 passed to mmdebstrap as C(SOURCE_DATE_EPOCH), which clamps the times of the files
+        it writes to it. Part of the root filesystem cache's key.
+    type: int
   cache_dir:
     description: Directory for the root filesystem tarball cache; defaults to the directory of O(path).
     type: path
@@ -185,6 +190,7 @@ def main() -> None:
             hostname=dict(type='str', default='debian'),
             kernel_append=dict(type='str', default=''),
             seed=dict(type='str', required=True),
+            source_date_epoch=dict(type='int'),
             cache_dir=dict(type='path'),
             cache_max_age=dict(type='float', default=24),
             force=dict(type='bool', default=False),
@@ -207,7 +213,8 @@ def main() -> None:
             sources=_apt_sources.sources_lines(mirror, security, p['suite'], p['components']),
             apt_options=options, packages=p['packages'], hostname=p['hostname'],
             kernel_append=p['kernel_append'], seed=p['seed'],
-            cache_dir=p['cache_dir'] or os.path.dirname(os.path.abspath(p['path'])), cache_max_age=p['cache_max_age'])
+            cache_dir=p['cache_dir'] or os.path.dirname(os.path.abspath(p['path'])), cache_max_age=p['cache_max_age'],
+            source_date_epoch=p['source_date_epoch'])
         builder = Bootstrap(module.run_command, check_mode=module.check_mode)
         if p['force'] and os.path.exists(builder.stamp_path(request)) and not module.check_mode:
             os.unlink(builder.stamp_path(request))

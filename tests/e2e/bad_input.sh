@@ -36,9 +36,12 @@ check noname "users[0].name: is required" '  name: t
   users: [{groups: [sudo]}]'
 check os "os: 'debain-12' is not a supported operating system (did you mean 'debian-12'?)" '  name: t
   os: debain-12'
-check output "outputs[0].format: debian-12 images cannot be exported as vhd yet" '  name: t
+check output "outputs[0].compress: ova images cannot be compressed with zstd; they can be: none" '  name: t
   os: debian-12
-  outputs: [{format: vhd}]'
+  outputs: [{format: ova, compress: zstd}]'
+check format "outputs[0].format: 'vdi' is not an output format" '  name: t
+  os: debian-12
+  outputs: [{format: vdi}]'
 check source "source.type: debian-12 cannot be built from 'installer'" '  name: t
   os: debian-12
   source: {type: installer}'

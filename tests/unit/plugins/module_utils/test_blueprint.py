@@ -29,7 +29,7 @@ def test_defaults_are_filled_in():
     assert bp['source'] == {'type': 'bootstrap', 'mirror': None, 'security_mirror': None, 'components': ['main'],
                             'proxy': None, 'suite': 'bookworm'}
     assert bp['vm'] == {'cpus': 2, 'memory': 2 * 1024 ** 3, 'disk_size': 4 * 1024 ** 3, 'firmware': 'bios'}
-    assert bp['outputs'] == [{'format': 'qcow2', 'compress': False}]
+    assert bp['outputs'] == [{'format': 'qcow2', 'compress': None, 'qcow2_compression': 'none'}]
     assert bp['hostname'] == 'debian-12'
     assert bp['seed'] == 'debian-12-1.0.0'
 
@@ -38,7 +38,7 @@ def test_shipped_blueprint_is_valid():
     with open('blueprints/debian-12.yml', encoding='utf-8') as handle:
         bp = _blueprint.normalise(yaml.safe_load(handle)['blueprint'], fake_hash)
     assert bp['os'] == 'debian-12'
-    assert bp['outputs'][0]['compress'] is True
+    assert bp['outputs'][0]['qcow2_compression'] == 'zlib'
 
 
 def test_plain_password_is_hashed_and_dropped():
@@ -98,8 +98,15 @@ def test_digest_is_stable():
     ({'files': [{'path': '/etc/motd', 'content': 'x', 'mode': 'rw'}]}, "files[0].mode: 'rw' is not an octal mode"),
     ({'provision': [{'vars': {}}]}, 'provision[0]: give exactly one of role or tasks'),
     ({'outputs': [{'format': 'iso'}]}, "outputs[0].format: 'iso' is not an output format"),
-    ({'outputs': [{'format': 'vhd'}]}, 'outputs[0].format: debian-12 images cannot be exported as vhd yet'),
-    ({'outputs': [{'format': 'raw', 'compress': True}]}, 'outputs[0].compress: only qcow2 output can be compressed'),
+    ({'outputs': [{'format': 'raw', 'compress': True}]}, 'outputs[0].compress: expected a string, got bool'),
+    ({'outputs': [{'format': 'raw', 'compress': 'bzip2'}]}, "outputs[0].compress: 'bzip2' is not a compression"),
+    ({'outputs': [{'format': 'ova', 'compress': 'zstd'}]},
+     'outputs[0].compress: ova images cannot be compressed with zstd; they can be: none'),
+    ({'outputs': [{'format': 'raw', 'qcow2_compression': 'zlib'}]},
+     'outputs[0].qcow2_compression: only qcow2 and box outputs hold a qcow2 disk'),
+    ({'outputs': [{'format': 'raw'}, {'format': 'raw', 'compress': 'none'}]},
+     'outputs[1]: raw with compress none makes the same file (.raw) as outputs[0]'),
+    ({'source_date_epoch': -1}, 'source_date_epoch: -1 is not a number of seconds'),
     ({'outputs': []}, 'outputs: at least one output is needed'),
     ({'name': 'My Image'}, "name: 'My Image' must be lower-case"),
     ({'name': 'n' * 45}, 'name, version: together at most 48 characters'),

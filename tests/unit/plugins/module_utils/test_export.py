@@ -65,7 +65,7 @@ def ok(count):
 def request(src, dest, **kwargs):
     kwargs.setdefault('formats', ['qcow2', 'raw'])
     kwargs.setdefault('checksums', ['sha256', 'sha512'])
-    kwargs.setdefault('compress', True)
+    kwargs.setdefault('qcow2_compression', 'zlib')
     kwargs.setdefault('src_format', 'raw')
     kwargs.setdefault('manifest', {'blueprint': {'name': 'debian-12', 'version': '1.0.0'}})
     return ExportRequest(src=str(src), dest=str(dest), basename=BASE, **kwargs)
@@ -130,21 +130,22 @@ def test_first_export_writes_artifacts_sums_manifest(fake_run, src, dest):
 
     assert result['changed'] is True
     assert result['artifacts'] == [
-        {'path': str(dest / QCOW2), 'name': QCOW2, 'format': 'qcow2', 'size': len(qcow2),
+        {'path': str(dest / QCOW2), 'name': QCOW2, 'format': 'qcow2', 'compress': 'none', 'size': len(qcow2),
          'sha256': hashlib.sha256(qcow2).hexdigest(), 'sha512': hashlib.sha512(qcow2).hexdigest()},
-        {'path': str(dest / RAW), 'name': RAW, 'format': 'raw', 'size': len(raw),
+        {'path': str(dest / RAW), 'name': RAW, 'format': 'raw', 'compress': 'none', 'size': len(raw),
          'sha256': hashlib.sha256(raw).hexdigest(), 'sha512': hashlib.sha512(raw).hexdigest()},
     ]
     assert result['checksum_files'] == [str(dest / 'SHA256SUMS'), str(dest / 'SHA512SUMS')]
     assert result['manifest'] == str(dest / 'manifest.json')
     assert result['written'] == [QCOW2, RAW, 'SHA256SUMS', 'SHA512SUMS', 'manifest.json']
     assert result['removed'] == []
+    assert result['signature_files'] == []
     assert result['source'] == {'path': str(src), 'format': 'raw', 'size': src.stat().st_size,
-                                'sha256': hashlib.sha256(src.read_bytes()).hexdigest()}
+                                'virtual_size': src.stat().st_size, 'sha256': hashlib.sha256(src.read_bytes()).hexdigest()}
 
 
 def test_uncompressed_qcow2_has_no_c(fake_run, src, dest):
-    run, _result = export(fake_run, ok(1), request(src, dest, formats=['qcow2'], compress=False))
+    run, _result = export(fake_run, ok(1), request(src, dest, formats=['qcow2'], qcow2_compression='none'))
     assert run.calls[0][:-1] == ['qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', str(src)]
 
 
@@ -266,7 +267,7 @@ def test_new_src_content_of_the_same_size_is_exported_again(fake_run, src, dest)
 def test_compress_toggle_rewrites_only_qcow2(fake_run, src, dest):
     export(fake_run, ok(2), request(src, dest))
     raw_before = snapshot(dest)[RAW]
-    run, result = export(fake_run, ok(1), request(src, dest, compress=False))
+    run, result = export(fake_run, ok(1), request(src, dest, qcow2_compression='none'))
     assert [out_format(argv) for argv in run.calls] == ['qcow2']
     assert '-c' not in run.calls[0]
     assert result['written'] == [QCOW2]  # same bytes in this fake, so the sums and manifest stay
@@ -398,14 +399,14 @@ def test_check_mode_first_export_writes_nothing(fake_run, src, dest):
     assert not dest.exists()
     assert result['changed'] is True
     assert result['written'] == [QCOW2, RAW, 'SHA256SUMS', 'SHA512SUMS', 'manifest.json']
-    assert result['artifacts'] == [{'path': str(dest / QCOW2), 'name': QCOW2, 'format': 'qcow2'},
-                                   {'path': str(dest / RAW), 'name': RAW, 'format': 'raw'}]
+    assert result['artifacts'] == [{'path': str(dest / QCOW2), 'name': QCOW2, 'format': 'qcow2', 'compress': 'none'},
+                                   {'path': str(dest / RAW), 'name': RAW, 'format': 'raw', 'compress': 'none'}]
 
 
 def test_check_mode_reports_a_change_without_making_it(fake_run, src, dest):
     export(fake_run, ok(2), request(src, dest))
     before = snapshot(dest)
-    _run, changed = export(fake_run, [], request(src, dest, compress=False), check_mode=True)
+    _run, changed = export(fake_run, [], request(src, dest, qcow2_compression="none"), check_mode=True)
     _run, same = export(fake_run, [], request(src, dest), check_mode=True)
     assert changed['changed'] is True and changed['written'] == [QCOW2, 'SHA256SUMS', 'SHA512SUMS', 'manifest.json']
     assert same['changed'] is False and same['written'] == []
@@ -413,9 +414,25 @@ def test_check_mode_reports_a_change_without_making_it(fake_run, src, dest):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'formats': ['qcow2', 'vmdk']}, 'formats: vmdk is not supported; supported formats: qcow2, raw'),
-    ({'formats': ['ova', 'vhd']}, 'formats: ova, vhd are not supported; supported formats: qcow2, raw'),
-    ({'formats': []}, 'formats: name at least one of qcow2, raw'),
+    ({'formats': ['qcow2', 'iso']}, "formats[1].format: 'iso' is not supported; supported formats: qcow2, raw, vmdk"),
+    ({'formats': []}, 'formats: name at least one of qcow2, raw, vmdk'),
+    ({'formats': ['raw', {'format': 'raw'}]}, 'formats[1]: the artifact debian-12-1.0.0.raw is already made by formats[0]'),
+    ({'formats': [{'format': 'ova', 'compress': 'zstd'}]},
+     'formats[0].compress: ova artifacts cannot be compressed with zstd; they can be: none'),
+    ({'formats': [{'format': 'raw', 'qcow2_compression': 'zlib'}]},
+     'formats[0].qcow2_compression: only qcow2 and box artifacts hold a qcow2 disk'),
+    ({'formats': [{'format': 'raw', 'level': 3}]}, 'formats[0]: unknown key level'),
+    ({'formats': [7]}, 'formats[0]: expected a format name or a mapping'),
+    ({'compress': 'bzip2'}, "compress: 'bzip2' is not one of none, zstd, xz, gzip"),
+    ({'qcow2_compression': 'lz4'}, "qcow2_compression: 'lz4' is not one of none, zlib, zstd"),
+    ({'hardware': {'cpus': 0}}, 'hardware.cpus: 0 is not a number of CPUs'),
+    ({'hardware': {'memory': '1000000'}}, "hardware.memory: '1000000' is too small"),
+    ({'hardware': {'memory': '1025M1'}}, "hardware.memory: '1025M1' is not a size"),
+    ({'hardware': {'memory': 1536 * 1024 * 1024 + 1}}, 'hardware.memory: 1610612737 is not a whole number of MiB'),
+    ({'hardware': {'firmware': 'coreboot'}}, "hardware.firmware: 'coreboot' is not one of bios, uefi"),
+    ({'hardware': {'ram': 1}}, 'hardware: unknown key ram'),
+    ({'source_date_epoch': -5}, 'source_date_epoch: -5 is not a number of seconds'),
+    ({'jobs': -1}, 'jobs: -1 is not a number of parallel conversions'),
     ({'checksums': ['md5']}, 'checksums: md5 is not supported; supported checksums: sha256, sha512'),
     ({'checksums': []}, 'checksums: name at least one of sha256, sha512'),
     ({'manifest': {'artifacts': []}}, 'manifest: the key "artifacts" is filled in by image_export'),
