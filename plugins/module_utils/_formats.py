@@ -41,6 +41,7 @@ import tarfile
 import typing as t
 import uuid
 
+from ansible_collections.osimage.builder.plugins.module_utils._bootstrap import _NS  # the project's UUID namespace
 from ansible_collections.osimage.builder.plugins.module_utils._errors import ToolError, ToolMissing
 from ansible_collections.osimage.builder.plugins.module_utils._ovf import manifest_text, ovf_descriptor
 from ansible_collections.osimage.builder.plugins.module_utils._qemu_img import QemuImgTool
@@ -52,7 +53,6 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z, where VHD timestamps count from
 USTAR_MAX = 8 * GIB - 1  # the ustar size field holds 11 octal digits
-_NS = uuid.UUID('4d6f7d0c-5b8a-4d0e-9a53-6f73696d6167')  # this project's UUID namespace
 
 COMPRESSIONS = ('none', 'zstd', 'xz', 'gzip')
 QCOW2_COMPRESSIONS = ('none', 'zlib', 'zstd')
