@@ -9,7 +9,7 @@ import typing as t
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.osimage.builder.plugins.module_utils import _blueprint
+from ansible_collections.osimage.builder.plugins.module_utils import _blueprint, _openbsd
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput
 from ansible_collections.osimage.builder.plugins.module_utils._sizes import parse_size
 
@@ -71,10 +71,56 @@ def package_list(text: str) -> t.List[t.Dict[str, str]]:
     return sorted(packages, key=lambda item: item['name'])
 
 
+def openbsd_sha256(text: str) -> t.Dict[str, str]:
+    """An OpenBSD SHA256 (or SHA256.sig) file -> {file name: hex digest}."""
+    try:
+        return _openbsd.parse_sha256(str(text))
+    except InvalidInput as exc:
+        raise AnsibleFilterError(exc.msg)
+
+
+def openbsd_install_conf(blueprint_value: t.Dict[str, t.Any], build_key: str, sets_server: str, sets_dir: str,
+                         disklabel_url: t.Optional[str] = None) -> str:
+    try:
+        return _openbsd.install_conf(blueprint_value, str(build_key), str(sets_server), str(sets_dir),
+                                     disklabel_url or None)
+    except InvalidInput as exc:
+        raise AnsibleFilterError('install.conf: %s' % exc.msg)
+
+
+def openbsd_disklabel(parts: t.List[t.Dict[str, t.Any]]) -> str:
+    """The disklabel(8) template of the blueprint's disklabel list; '' for the installer's auto layout."""
+    return _openbsd.disklabel_template(list(parts)) or ''
+
+
+def openbsd_install_site(blueprint_value: t.Dict[str, t.Any]) -> str:
+    try:
+        return _openbsd.install_site(blueprint_value)
+    except InvalidInput as exc:
+        raise AnsibleFilterError('install.site: %s' % exc.msg)
+
+
+def openbsd_index(entries: t.List[t.Dict[str, t.Any]]) -> str:
+    """[{name or path, size}] (for example stat results) -> index.txt text as a mirror serves it."""
+    return _openbsd.index_txt([(str(entry.get('name') or str(entry['path']).rsplit('/', 1)[-1]), int(entry['size']))
+                               for entry in entries])
+
+
+def media_input(name: str, base_url: str, digests: t.Dict[str, str]) -> t.Dict[str, str]:
+    """One manifest input record for a fetched file."""
+    return {'name': name, 'kind': 'install media', 'url': '%s/%s' % (base_url, name), 'sha256': digests[name]}
+
+
 class FilterModule:
     def filters(self) -> t.Dict[str, t.Callable[..., t.Any]]:
         return {
             'blueprint': blueprint,
+            'openbsd_sha256': openbsd_sha256,
+            'openbsd_install_conf': openbsd_install_conf,
+            'openbsd_disklabel': openbsd_disklabel,
+            'openbsd_install_site': openbsd_install_site,
+            'openbsd_index': openbsd_index,
+            'media_input': media_input,
             'blueprint_check': blueprint_check,
             'blueprint_redacted': blueprint_redacted,
             'blueprint_digest': blueprint_digest,

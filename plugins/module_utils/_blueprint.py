@@ -28,9 +28,25 @@ OS_TABLE: t.Dict[str, t.Dict[str, t.Any]] = {
     'debian-12': {
         'family': 'debian', 'suite': 'bookworm', 'sources': ['bootstrap'], 'default_source': 'bootstrap',
         'outputs': ['qcow2', 'raw', 'vmdk', 'vhd', 'vhdx', 'gce', 'box', 'ova'],
-        'firmware': ['bios', 'uefi'], 'password_scheme': 'sha512_crypt',
+        'firmware': ['bios', 'uefi'], 'password_scheme': 'sha512_crypt', 'hypervisors': ['qemu'],
     },
 }
+# OpenBSD is installed by its own installer (autoinstall(8)) in a vmm VM; vmd's
+# BIOS is SeaBIOS and a vmm VM has one vCPU (vmctl(8) always asks for one).
+for _release in ('7.6', '7.7', '7.8'):
+    OS_TABLE['openbsd-' + _release] = {
+        'family': 'openbsd', 'release': _release, 'sources': ['installer'], 'default_source': 'installer',
+        'outputs': ['qcow2', 'raw', 'vmdk', 'vhd', 'vhdx', 'ova'],
+        'firmware': ['bios'], 'password_scheme': 'bcrypt', 'hypervisors': ['vmm'],
+    }
+FAMILY_DEFAULTS = {
+    'debian': {'shell': '/bin/bash', 'group': 'root', 'cpus': 2},
+    'openbsd': {'shell': '/bin/ksh', 'group': 'wheel', 'cpus': 1},
+}
+# The sets of an OpenBSD release (NN = release without the dot); siteNN.tgz is the build's own.
+OPENBSD_SET_RE = re.compile(r'^(bsd|bsd\.mp|bsd\.rd|(base|comp|man|game|xbase|xshare|xfont|xserv)NN\.tgz)$')
+OPENBSD_DEFAULT_SETS = ['bsd', 'bsd.mp', 'bsd.rd', 'baseNN.tgz', 'compNN.tgz', 'manNN.tgz']
+DISKLABEL_SIZE_RE = re.compile(r'^(\d+(\.\d+)?[KMGT]?)(-(\d+(\.\d+)?[KMGT]?|\*))?$')
 
 NAME_RE = re.compile(r'^[a-z0-9][a-z0-9._-]{0,62}$')
 HOSTNAME_RE = re.compile(r'^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$')
@@ -52,7 +68,8 @@ USER: Schema = {
     'ssh_keys': ('list:str', [], None),
     'groups': ('list:str', [], None),
     'sudo': ('bool', False, None),
-    'shell': ('str', '/bin/bash', None),
+    'doas': ('bool', False, None),
+    'shell': ('str', None, None),
 }
 FILE: Schema = {
     'path': ('str', None, None),
@@ -60,7 +77,12 @@ FILE: Schema = {
     'src': ('str', None, None),
     'mode': ('str', '0644', None),
     'owner': ('str', 'root', None),
-    'group': ('str', 'root', None),
+    'group': ('str', None, None),
+}
+DISKLABEL: Schema = {
+    'mount': ('str', None, None),
+    'size': ('str', None, None),
+    'percent': ('int', None, None),
 }
 PROVISION: Schema = {
     'role': ('str', None, None),
@@ -83,10 +105,12 @@ SCHEMA: Schema = {
         'security_mirror': ('str', None, None),
         'components': ('list:str', ['main'], None),
         'proxy': ('str', None, None),
+        'sets': ('list:str', None, None),
+        'signify_key': ('str', None, None),
     }),
     'hypervisor': ('str', 'auto', None),
     'vm': ('dict', {}, {
-        'cpus': ('int', 2, None),
+        'cpus': ('int', None, None),
         'memory': ('size', '2G', None),
         'disk_size': ('size', '4G', None),
         'firmware': ('str', 'bios', None),
@@ -103,12 +127,14 @@ SCHEMA: Schema = {
     }),
     'kernel_append': ('str', '', None),
     'files': ('list:dict', [], FILE),
+    'disklabel': ('list:dict', [], DISKLABEL),
     'provision': ('list:dict', [], PROVISION),
     'outputs': ('list:dict', [{'format': 'qcow2'}], OUTPUT),
     'seed': ('str', None, None),
     'source_date_epoch': ('int', None, None),
 }
-REQUIRED = {'': ['name', 'os'], 'users': ['name'], 'files': ['path'], 'outputs': ['format']}
+REQUIRED = {'': ['name', 'os'], 'users': ['name'], 'files': ['path'], 'outputs': ['format'],
+            'disklabel': ['mount', 'size']}
 TYPE_WORDS = {'str': 'a string', 'int': 'an integer', 'bool': 'true or false', 'size': 'a size such as "4G"',
               'dict': 'a mapping', 'list:str': 'a list of strings', 'list:dict': 'a list of mappings'}
 
@@ -225,11 +251,19 @@ def _check_semantics(bp: t.Dict[str, t.Any]) -> None:
         if source[key] and not re.match(r'^(https?|file)://\S+$', source[key]):
             raise InvalidInput('source.%s: %r is not an http(s):// or file:// URL' % (key, source[key]))
     _one_of('hypervisor', bp['hypervisor'], ['auto', 'qemu', 'vmm'], 'a hypervisor')
-    if bp['hypervisor'] == 'vmm':
-        raise InvalidInput('hypervisor: vmm builds are not available yet; use qemu (or auto)')
+    if bp['hypervisor'] == 'auto':
+        bp['hypervisor'] = osinfo['hypervisors'][0]
+    if bp['hypervisor'] not in osinfo['hypervisors']:
+        raise InvalidInput('hypervisor: %s images are built on %s, not %s'
+                           % (bp['os'], ' or '.join(osinfo['hypervisors']), bp['hypervisor']))
     vm = bp['vm']
+    defaults = FAMILY_DEFAULTS[osinfo['family']]
+    vm['cpus'] = defaults['cpus'] if vm['cpus'] is None else vm['cpus']
     if vm['cpus'] < 1 or vm['cpus'] > 64:
         raise InvalidInput('vm.cpus: %d is out of range 1..64' % vm['cpus'])
+    if bp['hypervisor'] == 'vmm' and vm['cpus'] != 1:
+        raise InvalidInput('vm.cpus: vmm VMs have exactly one vCPU (vmctl start cannot ask for more), got %d'
+                           % vm['cpus'])
     if vm['memory'] < 256 * 1024 ** 2:
         raise InvalidInput('vm.memory: %d bytes is too little; a build VM needs at least 256M' % vm['memory'])
     if vm['disk_size'] < 2 * 1024 ** 3:
@@ -312,9 +346,91 @@ def _check_semantics(bp: t.Dict[str, t.Any]) -> None:
             raise InvalidInput('%s: %s with compress %s makes the same file (.%s) as outputs[%d]'
                                % (where, output['format'], output['compress'] or spec.compressions[0], key, seen[key]))
         seen[key] = index
+    if osinfo['family'] == 'openbsd':
+        _check_openbsd(bp, osinfo)
+    else:
+        _check_linux(bp)
     epoch = bp['source_date_epoch']
     if epoch is not None and not 0 <= epoch < 2 ** 32:
         raise InvalidInput('source_date_epoch: %d is not a number of seconds since 1970 (0 to 4294967295)' % epoch)
+
+
+def _check_linux(bp: t.Dict[str, t.Any]) -> None:
+    for key in ('sets', 'signify_key'):
+        if bp['source'][key] is not None:
+            raise InvalidInput('source.%s: only OpenBSD blueprints have install sets; %s is built from %s'
+                               % (key, bp['os'], bp['source']['type']))
+    if bp['disklabel']:
+        raise InvalidInput('disklabel: is an OpenBSD disklabel(8) template; %s images get one root partition '
+                           'sized by vm.disk_size' % bp['os'])
+    for index, user in enumerate(bp['users']):
+        if user['doas']:
+            raise InvalidInput('users[%d].doas: %s images use sudo; set sudo: true instead' % (index, bp['os']))
+
+
+def _check_openbsd(bp: t.Dict[str, t.Any], osinfo: t.Dict[str, t.Any]) -> None:
+    """What the OpenBSD installer and a vmm VM can honour; everything else is refused by name."""
+    nn = osinfo['release'].replace('.', '')
+    source = bp['source']
+    if source['mirror'] is None:
+        raise InvalidInput('source.mirror: is required for %s: the URL of an OpenBSD mirror\'s pub/OpenBSD '
+                           'directory (bsd.rd and the sets are fetched from MIRROR/%s/amd64, packages for '
+                           'install.site from MIRROR/%s/packages/amd64)' % (bp['os'], osinfo['release'], osinfo['release']))
+    for key in ('security_mirror', 'proxy'):
+        if source[key] is not None:
+            raise InvalidInput('source.%s: is a Debian setting; %s has none' % (key, bp['os']))
+    if source['components'] != ['main']:
+        raise InvalidInput('source.components: is a Debian setting; %s has none' % bp['os'])
+    sets = source['sets'] if source['sets'] is not None else list(OPENBSD_DEFAULT_SETS)
+    normal = []
+    for index, name in enumerate(sets):
+        generic = name.replace(nn, 'NN') if name.endswith(nn + '.tgz') else name
+        if not OPENBSD_SET_RE.match(generic):
+            raise InvalidInput('source.sets[%d]: %r is not a set of OpenBSD %s; sets are bsd, bsd.mp, bsd.rd and '
+                               'base%s.tgz, comp%s.tgz, man%s.tgz, game%s.tgz, xbase%s.tgz, xshare%s.tgz, '
+                               'xfont%s.tgz, xserv%s.tgz' % ((index, name, osinfo['release']) + (nn,) * 8))
+        normal.append(generic.replace('NN', nn))
+    for needed in ('bsd', 'bsd.rd', 'base%s.tgz' % nn):
+        if needed not in normal:
+            raise InvalidInput('source.sets: %s is missing; an install needs bsd, bsd.rd and base%s.tgz' % (needed, nn))
+    source['sets'] = normal
+    source['signify_key'] = source['signify_key'] or '/etc/signify/openbsd-%s-base.pub' % nn
+    if not source['signify_key'].startswith('/'):
+        raise InvalidInput('source.signify_key: %r must be an absolute path on the build host' % source['signify_key'])
+    source['release'] = osinfo['release']
+    source['arch'] = 'amd64'
+    for key, default, why in (('locale', 'C.UTF-8', 'OpenBSD has no system locale setting'),
+                              ('keyboard', 'us', 'a serial-console install keeps the us layout'),
+                              ('kernel_append', '', 'OpenBSD\'s kernel takes no command line')):
+        if bp[key] != default:
+            raise InvalidInput('%s: cannot be set for %s (%s)' % (key, bp['os'], why))
+    users = [user for user in bp['users'] if user['name'] != 'root']
+    for index, user in enumerate(bp['users']):
+        if user['sudo']:
+            raise InvalidInput('users[%d].sudo: %s images use doas; set doas: true instead' % (index, bp['os']))
+        if user['password_hash'] is not None and not user['password_hash'].startswith(('$2a$', '$2b$')):
+            raise InvalidInput('users[%d].password_hash: OpenBSD takes bcrypt hashes ($2b$...); give password '
+                               'to have it hashed' % index)
+        if user['name'] == 'root' and (user['groups'] or user['doas'] or user['shell']):
+            raise InvalidInput('users[%d]: root takes only password, password_hash and ssh_keys' % index)
+    if len(users) > 1:
+        raise InvalidInput('users: the OpenBSD installer sets up one user (besides root), got %d: %s'
+                           % (len(users), ', '.join(user['name'] for user in users)))
+    mounts = set()
+    for index, part in enumerate(bp['disklabel']):
+        where = 'disklabel[%d]' % index
+        if part['mount'] != 'swap' and not part['mount'].startswith('/'):
+            raise InvalidInput('%s.mount: %r must be a mount point such as /var, or swap' % (where, part['mount']))
+        if part['mount'] in mounts:
+            raise InvalidInput('%s.mount: %s is listed twice' % (where, part['mount']))
+        mounts.add(part['mount'])
+        if not DISKLABEL_SIZE_RE.match(part['size']):
+            raise InvalidInput('%s.size: %r is not a disklabel(8) size such as 2G, 1G-4G or 2G-*'
+                               % (where, part['size']))
+        if part['percent'] is not None and not 1 <= part['percent'] <= 100:
+            raise InvalidInput('%s.percent: %d is not a percentage 1..100' % (where, part['percent']))
+    if bp['disklabel'] and '/' not in mounts:
+        raise InvalidInput("disklabel: '/' must be configured (the installer refuses a layout without it)")
 
 
 def normalise(raw: t.Any, hash_password: t.Optional[t.Callable[[str, str], str]] = None,
@@ -333,6 +449,12 @@ def normalise(raw: t.Any, hash_password: t.Optional[t.Callable[[str, str], str]]
     bp['source']['suite'] = osinfo.get('suite')
     bp['hostname'] = bp['hostname'] or bp['name'].split('.')[0].replace('_', '-')
     bp['seed'] = bp['seed'] or '%s-%s' % (bp['name'], bp['version'])
+    defaults = FAMILY_DEFAULTS[osinfo['family']]
+    for user in bp['users']:
+        if user['name'] != 'root' or osinfo['family'] != 'openbsd':
+            user['shell'] = user['shell'] or defaults['shell']
+    for entry in bp['files']:
+        entry['group'] = entry['group'] or defaults['group']
     if base_dir:
         for step in bp['provision']:
             if step['tasks'] and not step['tasks'].startswith('/'):

@@ -45,6 +45,16 @@ check format "outputs[0].format: 'vdi' is not an output format" '  name: t
 check source "source.type: debian-12 cannot be built from 'installer'" '  name: t
   os: debian-12
   source: {type: installer}'
+check obsd_mirror "source.mirror: is required for openbsd-7.8" '  name: t
+  os: openbsd-7.8'
+check obsd_cpus "vm.cpus: vmm VMs have exactly one vCPU (vmctl start cannot ask for more), got 2" '  name: t
+  os: openbsd-7.8
+  source: {mirror: "http://127.0.0.1:9/pub/OpenBSD"}
+  vm: {cpus: 2}'
+check obsd_label "disklabel: '/' must be configured" '  name: t
+  os: openbsd-7.8
+  source: {mirror: "http://127.0.0.1:9/pub/OpenBSD"}
+  disklabel: [{mount: /var, size: 1G}]'
 echo "bad input: $passed passed, $failed failed"
 echo "$passed" > "${RESULTS:-$dir}/bad_input.count"
 [ "$failed" -eq 0 ]

@@ -27,7 +27,7 @@ def test_defaults_are_filled_in():
     bp = check()
     assert bp['version'] == '1.0.0'
     assert bp['source'] == {'type': 'bootstrap', 'mirror': None, 'security_mirror': None, 'components': ['main'],
-                            'proxy': None, 'suite': 'bookworm'}
+                            'proxy': None, 'suite': 'bookworm', 'sets': None, 'signify_key': None}
     assert bp['vm'] == {'cpus': 2, 'memory': 2 * 1024 ** 3, 'disk_size': 4 * 1024 ** 3, 'firmware': 'bios'}
     assert bp['outputs'] == [{'format': 'qcow2', 'compress': None, 'qcow2_compression': 'none'}]
     assert bp['hostname'] == 'debian-12'
@@ -80,7 +80,10 @@ def test_digest_is_stable():
     ({'os': 'windows-11'}, "os: 'windows-11' is not a supported operating system; choose one of debian-12"),
     ({'source': {'type': 'installer'}}, "source.type: debian-12 cannot be built from 'installer'"),
     ({'source': {'mirror': 'ftp.example.org/debian'}}, 'source.mirror: '),
-    ({'hypervisor': 'vmm'}, 'hypervisor: vmm builds are not available yet'),
+    ({'hypervisor': 'vmm'}, 'hypervisor: debian-12 images are built on qemu, not vmm'),
+    ({'disklabel': [{'mount': '/', 'size': '2G'}]}, 'disklabel: is an OpenBSD disklabel(8) template'),
+    ({'users': [{'name': 'a', 'doas': True}]}, 'users[0].doas: debian-12 images use sudo'),
+    ({'source': {'sets': ['bsd']}}, 'source.sets: only OpenBSD blueprints have install sets'),
     ({'users': [{'groups': ['sudo']}]}, 'users[0].name: is required'),
     ({'users': [{'name': 'Bad Name'}]}, "users[0].name: 'Bad Name' is not a valid user name"),
     ({'users': [{'name': 'a'}, {'name': 'a'}]}, "users[1].name: user 'a' is listed twice"),
