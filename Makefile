@@ -14,10 +14,11 @@ TARGETS ?=
 # What a build needs on a Debian build host, and what the tests need besides.
 BUILD_PACKAGES := qemu-system-x86 qemu-utils ovmf mmdebstrap fdisk dosfstools mtools e2fsprogs zstd xz-utils pigz \
 	openssh-client python3-venv git make
-TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-dev gcc gnupg signify-openbsd minisign libxml2-utils
+TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-dev gcc gnupg signify-openbsd minisign libxml2-utils \
+	extlinux syslinux-common iproute2 procps
 APT_PACKAGES ?= $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-.PHONY: build e2e test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
+.PHONY: build e2e e2e-openbsd test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
 
 # Build the default image (blueprints/debian-12.yml) into ./output/.
 build:
@@ -99,7 +100,14 @@ e2e: venv
 	$(VENV)/bin/ansible-playbook build-image.yml -e @$(E2E_DIR)/blueprint.yml -e osimage_output_dir=$(E2E_DIR)/output \
 	  -e build_image_accel=tcg -e @$(E2E_DIR)/build-vars.yml
 	$(VENV)/bin/ansible-playbook tests/e2e/verify.yml
-	echo 1 > $(RESULTS)/e2e.count
+	# The OpenBSD vmm flow, through the stand-ins of tests/standins/.
+	bash tests/e2e/openbsd_stand_in.sh
+	echo 2 > $(RESULTS)/e2e.count
+
+# Only the OpenBSD vmm flow through the stand-ins.
+e2e-openbsd: venv
+	mkdir -p $(E2E_DIR)
+	E2E_DIR=$(E2E_DIR) bash tests/e2e/openbsd_stand_in.sh
 
 clean:
 	rm -rf .tmp tests/output .ansible
