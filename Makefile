@@ -18,7 +18,7 @@ TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-d
 	extlinux syslinux-common iproute2 procps
 APT_PACKAGES ?= $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-.PHONY: build e2e e2e-openbsd test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
+.PHONY: azurite build e2e e2e-openbsd test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
 
 # Build the default image (blueprints/debian-12.yml) into ./output/.
 build:
@@ -43,9 +43,9 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing
 	fi
 
-$(VENV)/.installed: tests/requirements.txt
+$(VENV)/.installed: tests/requirements.txt tests/requirements-cloud.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt -r tests/requirements-cloud.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -81,9 +81,19 @@ lint: venv
 	$(VENV)/bin/ansible-lint --profile production
 	$(VENV)/bin/antsibull-changelog lint
 
-integration: venv collection
+# Azurite (the Azure Storage emulator) comes from the npm registry; nodejs and npm from Debian
+# unless the machine has them already.
+NODE_DIR ?= $(CURDIR)/.tmp/node
+AZURITE_VERSION := 3.35.0
+azurite:
+	if ! command -v npm >/dev/null; then $(MAKE) apt APT_PACKAGES="nodejs npm"; fi
+	if [ ! -x $(NODE_DIR)/node_modules/.bin/azurite-blob ]; then
+	  npm install --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	fi
+
+integration: venv collection azurite
 	mkdir -p $(RESULTS)
-	cd $(COLL) && PATH=$(VENV)/bin:$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no $(TARGETS) 2>&1 \
+	cd $(COLL) && PATH=$(VENV)/bin:$(NODE_DIR)/node_modules/.bin:$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no $(TARGETS) 2>&1 \
 	  | tee $(RESULTS)/integration.log
 	grep -c '^Running .* integration test role' $(RESULTS)/integration.log > $(RESULTS)/integration.count
 
@@ -96,6 +106,13 @@ e2e: venv
 	rm -rf $(E2E_DIR)
 	export E2E_DIR=$(E2E_DIR) ANSIBLE_ROLES_PATH=$(CURDIR)/tests/e2e/roles
 	RESULTS=$(RESULTS) bash tests/e2e/bad_input.sh
+	# The build publishes its qcow2 to a moto S3 server on loopback (the blueprint's publish list);
+	# the credentials come from the environment, as AWX's AWS credential sets them.
+	background="$(PY) tests/integration/targets/cloud_upload/files/background.py"
+	trap '$$background stop-all $(E2E_DIR)/servers' EXIT
+	export E2E_S3_URL=$$($$background start $(E2E_DIR)/servers moto --lease 3600 -- $(PY) -m moto.server -H 127.0.0.1 -p {port} \
+	  | $(PY) -c 'import json, sys; print(json.load(sys.stdin)["url"])')
+	export AWS_ACCESS_KEY_ID=e2e-access-key AWS_SECRET_ACCESS_KEY=e2e-Secret-aws-key AWS_DEFAULT_REGION=us-east-1
 	$(VENV)/bin/ansible-playbook tests/e2e/prepare.yml
 	$(VENV)/bin/ansible-playbook build-image.yml -e @$(E2E_DIR)/blueprint.yml -e osimage_output_dir=$(E2E_DIR)/output \
 	  -e build_image_accel=tcg -e @$(E2E_DIR)/build-vars.yml
