@@ -17,6 +17,10 @@ import json
 import re
 import typing as t
 
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
+    CREDENTIAL_OPTIONS, DEFAULT_FORMATS, TARGET_FORMATS, TARGET_OPTIONS, TARGETS)
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput
 from ansible_collections.osimage.builder.plugins.module_utils._formats import (
     COMPRESSIONS, FORMATS, QCOW2_COMPRESSIONS, extension)
@@ -94,6 +98,19 @@ OUTPUT: Schema = {
     'compress': ('str', None, None),
     'qcow2_compression': ('str', 'none', None),
 }
+PUBLISH: Schema = {
+    'target': ('str', None, None),
+    'name': ('str', None, None),
+    'format': ('str', None, None),
+    'family': ('str', None, None),
+    'keep_newest': ('int', None, None),
+    'description': ('str', '', None),
+    'tags': ('dict', {}, None),
+    'force': ('bool', False, None),
+    's3': ('dict', None, None),
+    'aws_ami': ('dict', None, None),
+    'azure': ('dict', None, None),
+}
 SCHEMA: Schema = {
     'name': ('str', None, None),
     'version': ('str', '1.0.0', None),
@@ -130,10 +147,11 @@ SCHEMA: Schema = {
     'disklabel': ('list:dict', [], DISKLABEL),
     'provision': ('list:dict', [], PROVISION),
     'outputs': ('list:dict', [{'format': 'qcow2'}], OUTPUT),
+    'publish': ('list:dict', [], PUBLISH),
     'seed': ('str', None, None),
     'source_date_epoch': ('int', None, None),
 }
-REQUIRED = {'': ['name', 'os'], 'users': ['name'], 'files': ['path'], 'outputs': ['format'],
+REQUIRED = {'': ['name', 'os'], 'users': ['name'], 'files': ['path'], 'outputs': ['format'], 'publish': ['target'],
             'disklabel': ['mount', 'size']}
 TYPE_WORDS = {'str': 'a string', 'int': 'an integer', 'bool': 'true or false', 'size': 'a size such as "4G"',
               'dict': 'a mapping', 'list:str': 'a list of strings', 'list:dict': 'a list of mappings'}
@@ -191,6 +209,10 @@ def _walk(field: str, schema: Schema, raw: t.Any, required: t.List[str]) -> t.Di
     if not isinstance(raw, dict):
         raise InvalidInput('%s: expected a mapping, got %r' % (field or 'blueprint', _plain(raw)))
     for key in raw:
+        if schema is PUBLISH and key in CREDENTIAL_OPTIONS:
+            raise InvalidInput('%s.%s: credentials do not belong in a blueprint, which is kept in a repository and '
+                               'copied into the manifest; give them as environment variables (what AWX credentials '
+                               'set) or in the publish role\'s publish_credentials' % (field, key))
         if key not in schema:
             where = '%s.%s' % (field, key) if field else str(key)
             raise InvalidInput('%s: unknown key%s; known keys here: %s'
@@ -346,6 +368,8 @@ def _check_semantics(bp: t.Dict[str, t.Any]) -> None:
             raise InvalidInput('%s: %s with compress %s makes the same file (.%s) as outputs[%d]'
                                % (where, output['format'], output['compress'] or spec.compressions[0], key, seen[key]))
         seen[key] = index
+    for index, entry in enumerate(bp['publish']):
+        _check_publish('publish[%d]' % index, entry, bp)
     if osinfo['family'] == 'openbsd':
         _check_openbsd(bp, osinfo)
     else:
@@ -353,6 +377,64 @@ def _check_semantics(bp: t.Dict[str, t.Any]) -> None:
     epoch = bp['source_date_epoch']
     if epoch is not None and not 0 <= epoch < 2 ** 32:
         raise InvalidInput('source_date_epoch: %d is not a number of seconds since 1970 (0 to 4294967295)' % epoch)
+
+
+def _check_publish(where: str, entry: t.Dict[str, t.Any], bp: t.Dict[str, t.Any]) -> None:
+    """A publish entry: its target's options as cloud_upload checks them, and an output it can take."""
+    target = entry['target']
+    _one_of(where + '.target', target, TARGETS, 'a publish target')
+    for other in TARGETS:
+        if entry[other] is None:
+            continue
+        if other != target and not (target == 'aws_ami' and other == 's3'):
+            raise InvalidInput('%s.%s: options of target %s in an entry whose target is %s' % (where, other, other, target))
+        for key in entry[other]:
+            if key not in TARGET_OPTIONS[other]:
+                raise InvalidInput('%s.%s.%s: unknown key%s; known keys here: %s'
+                                   % (where, other, key, _did_you_mean(str(key), TARGET_OPTIONS[other]),
+                                      ', '.join(sorted(TARGET_OPTIONS[other]))))
+        checked = ArgumentSpecValidator(TARGET_OPTIONS[other]).validate(entry[other])
+        if checked.error_messages:
+            raise InvalidInput('%s.%s: %s' % (where, other, '; '.join(checked.error_messages)))
+    needs = {'s3': ('s3', 'bucket'), 'azure': ('azure', 'container')}
+    aws = entry['aws_ami'] or {}
+    if target == 'aws_ami' and aws.get('method') == 'import_snapshot':
+        needs['aws_ami'] = ('s3', 'bucket')
+    if target in needs and not (entry[needs[target][0]] or {}).get(needs[target][1]):
+        raise InvalidInput('%s.%s.%s: is required for target %s%s'
+                           % (where, needs[target][0], needs[target][1], target,
+                              ' with method import_snapshot' if target == 'aws_ami' else ''))
+    outputs = [(o['format'], o['compress']) for o in bp['outputs']]
+    allowed = TARGET_FORMATS[target]
+    if entry['format'] is None:
+        candidates = [f for f, compress in outputs if f in DEFAULT_FORMATS.get(target, [f])
+                      and (allowed is None or compress in (None, 'none'))]
+        if not candidates:
+            raise InvalidInput('%s: target %s publishes a %s output, and outputs has none; add {format: %s} to '
+                               'outputs or set %s.format' % (where, target, ' or '.join(DEFAULT_FORMATS[target]),
+                                                             DEFAULT_FORMATS[target][0], where))
+        entry['format'] = candidates[0]
+    else:
+        _one_of(where + '.format', entry['format'], OUTPUT_FORMATS, 'an output format')
+        if allowed is not None and entry['format'] not in allowed:
+            raise InvalidInput('%s.format: target %s cannot take a %s image; it takes %s'
+                               % (where, target, entry['format'], ', '.join(allowed)))
+        if entry['format'] not in [f for f, _c in outputs]:
+            raise InvalidInput('%s.format: the build has no %s output to publish; add {format: %s} to outputs'
+                               % (where, entry['format'], entry['format']))
+        if allowed is not None and all(c not in (None, 'none') for f, c in outputs if f == entry['format']):
+            raise InvalidInput('%s.format: target %s needs the %s output uncompressed; an image service cannot '
+                               'boot a compressed file' % (where, target, entry['format']))
+    if entry['keep_newest'] is not None and entry['keep_newest'] < 1:
+        raise InvalidInput('%s.keep_newest: %d keeps nothing; the newest image always stays (1 or more)'
+                           % (where, entry['keep_newest']))
+    for key, value in entry['tags'].items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise InvalidInput('%s.tags.%s: expected a string, got %r' % (where, key, _plain(value)))
+    entry['tags'] = {str(k): str(v) for k, v in entry['tags'].items()}
+    entry['family'] = entry['family'] or bp['name']
+    if target != 's3':  # an s3 object is named after its artifact file when no name is given
+        entry['name'] = entry['name'] or '%s-%s' % (bp['name'], bp['version'])
 
 
 def _check_linux(bp: t.Dict[str, t.Any]) -> None:

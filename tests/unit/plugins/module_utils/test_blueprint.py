@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import glob
 
 import pytest
 import yaml
@@ -146,3 +147,66 @@ def test_argument_specs_document_the_same_keys():
             if children:
                 keys(schema_spec[key]['options'], children, where + '.' + key)
     keys(spec, _blueprint.SCHEMA)
+
+
+PUBLISH_BASE = {'name': 'debian-12', 'version': '1.0.0', 'os': 'debian-12',
+                'outputs': [{'format': 'qcow2'}, {'format': 'raw'}, {'format': 'vhd'}, {'format': 'gce'},
+                            {'format': 'vmdk', 'compress': 'zstd'}]}
+
+
+def _published(entries, **extra):
+    return _blueprint.normalise(dict(PUBLISH_BASE, publish=entries, **extra), hash_password=lambda p, s: 'x')['publish']
+
+
+def test_publish_defaults_pick_the_output_each_target_takes():
+    entries = _published([{'target': 's3', 's3': {'bucket': 'b'}}, {'target': 'aws_ami'},
+                          {'target': 'azure', 'azure': {'container': 'c'}}])
+    assert [e['format'] for e in entries] == ['qcow2', 'raw', 'vhd']
+    assert [e['name'] for e in entries] == [None, 'debian-12-1.0.0', 'debian-12-1.0.0']
+    assert all(e['family'] == 'debian-12' for e in entries)
+
+
+@pytest.mark.parametrize('entry, message', [
+    ({'target': 's4'}, r"publish\[0\].target: 's4' is not a publish target"),
+    ({'target': 's3'}, r'publish\[0\].s3.bucket: is required for target s3'),
+    ({'target': 's3', 's3': {'bucket': 'b', 'concurency': 2}},
+     r"publish\[0\].s3.concurency: unknown key \(did you mean 'concurrency'\?\)"),
+    ({'target': 's3', 's3': {'bucket': 'b', 'concurrency': 'many'}}, r"publish\[0\].s3: argument 'concurrency'"),
+    ({'target': 'aws_ami', 'aws_secret_access_key': 'x'},
+     r'publish\[0\].aws_secret_access_key: credentials do not belong in a blueprint'),
+    ({'target': 'aws_ami', 'aws_ami': {'method': 'import_snapshot'}},
+     r'publish\[0\].s3.bucket: is required for target aws_ami with method import_snapshot'),
+    ({'target': 'aws_ami', 'azure': {'container': 'c'}}, r'publish\[0\].azure: options of target azure in an entry'),
+    ({'target': 'azure', 'azure': {'container': 'c'}, 'format': 'qcow2'},
+     r'publish\[0\].format: target azure cannot take a qcow2 image; it takes vhd'),
+    ({'target': 'aws_ami', 'format': 'vmdk'}, r'publish\[0\].format: target aws_ami cannot take a vmdk image'),
+    ({'target': 'gce'}, r"publish\[0\].target: 'gce' is not a publish target"),
+    ({'target': 's3', 's3': {'bucket': 'b'}, 'format': 'ova'}, r'publish\[0\].format: the build has no ova output'),
+    ({'target': 'aws_ami', 'keep_newest': 0}, r'publish\[0\].keep_newest: 0 keeps nothing'),
+    ({'target': 's3', 's3': {'bucket': 'b'}, 'tags': {'a': [1]}}, r'publish\[0\].tags.a: expected a string'),
+    ({'target': 's3', 's3': {'bucket': 'b'}, 'bucket': 'b'}, r'publish\[0\].bucket: unknown key'),
+])
+def test_publish_entries_are_checked_with_the_blueprint(entry, message):
+    with pytest.raises(InvalidInput, match=message):
+        _published([entry])
+
+
+def test_publish_needs_an_output_the_target_takes():
+    with pytest.raises(InvalidInput, match=r'publish\[0\]: target aws_ami publishes a raw output, and outputs has '
+                                           r'none; add \{format: raw\} to outputs'):
+        _blueprint.normalise(dict(PUBLISH_BASE, outputs=[{'format': 'qcow2'}], publish=[{'target': 'aws_ami'}]),
+                             hash_password=lambda p, s: 'x')
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob('blueprints/*.yml')))
+def test_every_shipped_blueprint_is_valid(path):
+    with open(path, encoding='utf-8') as handle:
+        _blueprint.normalise(yaml.safe_load(handle)['blueprint'], fake_hash)
+
+
+def test_cloud_blueprint_publishes_each_target_from_its_output():
+    with open('blueprints/debian-12-cloud.yml', encoding='utf-8') as handle:
+        bp = _blueprint.normalise(yaml.safe_load(handle)['blueprint'], fake_hash)
+    assert [(e['target'], e['format'], e['name']) for e in bp['publish']] == [
+        ('s3', 'qcow2', 'images/debian-12/debian-12-1.0.0.qcow2'), ('aws_ami', 'raw', 'debian-12-1.0.0'),
+        ('azure', 'vhd', 'debian-12-1.0.0')]
