@@ -6,23 +6,33 @@
 The object carries the artifact's digest as user metadata (``x-amz-meta-osimage-sha256``),
 so a later run with the same digest finds it with one HeadObject and sends nothing.
 
-Files larger than one part go up as a multipart upload, parts in parallel. An
-object of a multipart upload exists only once CompleteMultipartUpload is called,
-and that call is made only after the DigestCheck has read the whole file and
-found the expected digest: an object with the digest metadata is always the
-complete artifact.
+Files larger than one part go up as a multipart upload, parts in parallel, each
+with a CRC32 the store checks on arrival. The object of a multipart upload exists
+only once CompleteMultipartUpload is called, and that call is made only after the
+DigestCheck has read the whole file and found the expected digest: an object
+with the digest metadata is always the complete artifact. A file of one part or
+less is read into memory, hashed and sent with one PutObject and its Content-MD5.
 
 Resuming: S3 does not return the metadata of an unfinished upload (ListParts and
 ListMultipartUploads show only ids, keys and parts), so an unfinished upload of
-the same key cannot tell by itself which content it was started for. Each run
-that starts one records its upload id with the digest, part size and size in a
-small state file (~/.cache/osimage-builder/s3-uploads/, keyed by endpoint, bucket
-and key). A later run resumes only an upload recorded for the same digest,
-part size and size, and reuses only parts whose ETag is the MD5 of the same
-range of the local file; the rest is sent again, and the DigestCheck still runs
-over the whole file before completing. A failed run aborts its upload and
-removes the state file unless keep_partial; a killed run leaves both, and the
-next run with the same artifact resumes.
+the same key cannot tell by itself which content it was started for, and
+CompleteMultipartUpload would give the object the metadata of the run that
+*started* the upload. Matching the parts' ETags against the local file is not
+enough either: parts sent before the file changed would match their ranges of a
+file that changed elsewhere, and the object would carry a digest it does not
+have. So each run that starts an upload records its id with the digest, part
+size, size, bucket and key in a small state file (~/.cache/osimage-builder/s3-uploads/,
+named by a hash of endpoint, bucket and key). A later run resumes only an upload
+recorded for the same digest, part size and size; it reuses only parts whose
+ETag is the MD5 of the same range of the local file (the rest are sent again),
+and the DigestCheck still reads the whole file before completing - so the
+object is completed only when the file has the digest the upload was created
+with. A recorded upload for other content is aborted. A failed run aborts its
+upload and removes the state file unless keep_partial; a killed run leaves both,
+and the next run with the same artifact resumes. (A run killed in the moment
+between CreateMultipartUpload and writing the state file leaves an upload no
+run knows of; a bucket lifecycle rule for incomplete multipart uploads removes
+such leftovers, as it does for every other S3 client.)
 """
 
 from __future__ import annotations
@@ -32,28 +42,43 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import typing as t
 import zlib
 
 from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
-    DIGEST_KEY, FAMILY_KEY, TARGET_OPTIONS, Backend, CloudError, DigestCheck, DigestMismatch, Request, load_library,
-    newest_first, sha256_file)
+    DIGEST_KEY, FAMILY_KEY, TARGET_OPTIONS, Backend, CloudError, CredentialsError, DigestCheck, DigestMismatch,
+    Request, load_library, newest_first, sha256_file)
 from ansible_collections.osimage.builder.plugins.module_utils._cloud_aws import AwsAmiBackend, error_info
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput, OsImageError
-from ansible_collections.osimage.builder.plugins.module_utils._sizes import parse_size
+from ansible_collections.osimage.builder.plugins.module_utils._sizes import human_size, parse_size
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB            # S3's smallest part (all but the last)
 MAX_PART = 5 * 1024 * MIB     # and its largest
 MAX_PARTS = 10000
+MAX_KEY_BYTES = 1024
+MAX_METADATA_BYTES = 2048     # user metadata, names and values, as S3 counts it
+METADATA_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 STATE_DIR = os.path.join('~', '.cache', 'osimage-builder', 's3-uploads')
+# S3's own codes worth another attempt, besides the AWS-wide ones: a part whose checksum did not match what
+# arrived was damaged on the way (the bytes sent are the same on the next attempt), and OperationAborted is a
+# conflicting operation on the same bucket or key that ends by itself.
+S3_RETRY_CODES = frozenset(('BadDigest', 'XAmzContentSHA256Mismatch', 'OperationAborted', 'InternalError',
+                            'SlowDown', 'RequestTimeout'))
+
+
+def effective_part_size(size: int, part_size: int) -> int:
+    """part_size, or the smallest whole MiB above it with which size fits into MAX_PARTS parts."""
+    if size <= part_size * MAX_PARTS:
+        return part_size
+    needed = -(-size // MAX_PARTS)
+    return -(-needed // MIB) * MIB
 
 
 def part_plan(size: int, part_size: int) -> t.List[t.Tuple[int, int, int]]:
     """(part number, offset, length) of every part; the part size grows when 10000 parts would not hold size."""
-    if size > part_size * MAX_PARTS:
-        part_size = -(-size // MAX_PARTS)
-        part_size = -(-part_size // MIB) * MIB
+    part_size = effective_part_size(size, part_size)
     return [(index + 1, offset, min(part_size, size - offset))
             for index, offset in enumerate(range(0, max(size, 1), part_size))]
 
@@ -83,6 +108,20 @@ def s3_options(request: Request) -> t.Dict[str, t.Any]:
     return opts
 
 
+def check_part_size(value: t.Any) -> int:
+    """s3.part_size in bytes, or InvalidInput when S3 would refuse parts of that size."""
+    size = parse_size(value, 's3.part_size')
+    if not MIN_PART <= size <= MAX_PART:
+        raise InvalidInput('s3.part_size: %s is outside what S3 accepts for a part (5M to 5G); give a size in that '
+                           'range, e.g. 16M or 64M' % value)
+    return size
+
+
+def metadata_bytes(metadata: t.Dict[str, str]) -> int:
+    """The size of user metadata as S3 counts it against its 2 KB: the UTF-8 bytes of every name and value."""
+    return sum(len(key.encode('utf-8')) + len(value.encode('utf-8')) for key, value in metadata.items())
+
+
 def s3_client(request: Request, endpoint_url: t.Optional[str]) -> t.Any:
     """A boto3 S3 client for the request's credentials, its own retries off (Session.call retries)."""
     helper = S3Backend(request)
@@ -92,9 +131,7 @@ def s3_client(request: Request, endpoint_url: t.Optional[str]) -> t.Any:
 class S3Backend(Backend):
     target = 's3'
 
-    # The AWS SDK's error handling and credentials are the aws_ami target's.
-    is_retryable = AwsAmiBackend.is_retryable
-    translate = AwsAmiBackend.translate
+    # The AWS SDK's credentials and error handling are the aws_ami target's.
     call = AwsAmiBackend.call
     _boto_session = AwsAmiBackend._boto_session
 
@@ -103,24 +140,60 @@ class S3Backend(Backend):
         self._boto: t.Any = None
         self._client: t.Any = None
         self.opts = s3_options(self.request)
+        self.part_size = 0  # set by check(); put_artifact sets it for other targets' backends
 
     # --- options ------------------------------------------------------------------------------------------
 
     def check(self) -> None:
+        req = self.request
         if not self.opts.get('bucket'):
             raise InvalidInput('s3.bucket: the bucket is required for target s3')
-        self.part_size = parse_size(self.opts['part_size'], 's3.part_size')
-        if not MIN_PART <= self.part_size <= MAX_PART:
-            raise InvalidInput('s3.part_size: %s is outside what S3 accepts for a part (5M to 5G)' % self.opts['part_size'])
+        key = self.key
+        if len(key.encode('utf-8')) > MAX_KEY_BYTES:
+            raise InvalidInput('s3.key: the object key is %d bytes of UTF-8; S3 allows %d - give a shorter s3.key (or '
+                               'name, the default key)' % (len(key.encode('utf-8')), MAX_KEY_BYTES))
+        if key.endswith('/') or key.startswith('/'):
+            raise InvalidInput('s3.key: %r starts or ends with /, which would make an empty path segment or a '
+                               '"directory" object; give s3.key (or name, the default key) without it' % key)
+        self.part_size = check_part_size(self.opts['part_size'])
         if not 1 <= int(self.opts['concurrency']) <= 64:
             raise InvalidInput('s3.concurrency: %s is not between 1 and 64' % self.opts['concurrency'])
-        for key, value in self.request.tags.items():
-            if not all(32 <= ord(c) < 127 for c in key + value):
-                raise InvalidInput('tags: %s: S3 user metadata must be printable ASCII' % key)
+        for name, value in req.tags.items():
+            # Each tag is an x-amz-meta-NAME header: the name an HTTP token, the value printable ASCII.
+            if not METADATA_NAME_RE.match(name) or not all(32 <= ord(c) < 127 for c in value):
+                raise InvalidInput('tags: %r: S3 user metadata must be printable ASCII, and its names letters, digits '
+                                   "and !#$%%&'*+-.^_`|~ (S3 stores names in lower case)" % name)
+            if name.lower() in (DIGEST_KEY, FAMILY_KEY):
+                raise InvalidInput('tags: %s is set by the module itself; remove it from tags' % name)
+        if metadata_bytes(self.metadata('0' * 64)) > MAX_METADATA_BYTES:
+            raise InvalidInput('tags: the object metadata (tags, family and digest) would be %d bytes; S3 allows %d'
+                               % (metadata_bytes(self.metadata('0' * 64)), MAX_METADATA_BYTES))
+        creds = req.credentials
+        if bool(creds.get('aws_access_key_id')) != bool(creds.get('aws_secret_access_key')):
+            raise InvalidInput('aws_access_key_id, aws_secret_access_key: give both or neither (AWS_ACCESS_KEY_ID, '
+                               'AWS_SECRET_ACCESS_KEY)')
+        if req.state == 'present':
+            size = os.path.getsize(t.cast(str, req.src))
+            if size > MAX_PART * MAX_PARTS:
+                raise InvalidInput('src: %s is %s, more than 10000 parts of 5 GiB - the most one S3 object can be '
+                                   'made of' % (req.src, human_size(size)))
+            if effective_part_size(size, self.part_size) != self.part_size:
+                self.session.warn('s3.part_size: %s would need more than 10000 parts for %s; parts of %s are sent '
+                                  'instead' % (self.opts['part_size'], human_size(size),
+                                               human_size(effective_part_size(size, self.part_size))))
 
     @property
     def key(self) -> str:
         return self.opts.get('key') or self.request.name
+
+    def metadata(self, digest: str) -> t.Dict[str, str]:
+        metadata = dict(self.request.tags)
+        metadata[DIGEST_KEY] = digest
+        if self.request.family:
+            metadata[FAMILY_KEY] = self.request.family
+        return metadata
+
+    # --- the SDK ------------------------------------------------------------------------------------------
 
     def client_for(self, endpoint_url: t.Optional[str]) -> t.Any:
         botocore_config = load_library(self.target, 'botocore.config', 'boto3')
@@ -140,6 +213,21 @@ class S3Backend(Backend):
             self._client = self.client_for(self.opts.get('endpoint_url'))
         return self._client
 
+    def is_retryable(self, exc: BaseException) -> bool:
+        if error_info(exc)[0] in S3_RETRY_CODES:
+            return True
+        exceptions = load_library(self.target, 'botocore.exceptions', 'boto3')
+        if isinstance(exc, getattr(exceptions, 'ChecksumError', ())):
+            return True  # a response whose checksum did not match: damaged on the way
+        return AwsAmiBackend.is_retryable(t.cast(AwsAmiBackend, self), exc)
+
+    def translate(self, what: str, exc: BaseException) -> OsImageError:
+        error = AwsAmiBackend.translate(t.cast(AwsAmiBackend, self), what, exc)
+        endpoint = self.opts.get('endpoint_url')
+        if endpoint and isinstance(error, CredentialsError):
+            error.msg = error.msg.replace('AWS did not accept', 'the S3 endpoint %s did not accept' % endpoint, 1)
+        return error
+
     def url(self, key: str) -> str:
         endpoint = self.opts.get('endpoint_url')
         if endpoint:
@@ -147,15 +235,28 @@ class S3Backend(Backend):
         return 's3://%s/%s' % (self.opts['bucket'], key)
 
     def head(self, key: str) -> t.Optional[t.Dict[str, t.Any]]:
+        """HeadObject, or None when there is no such object."""
         try:
             return self.session.call('HeadObject', self.client.head_object, Bucket=self.opts['bucket'], Key=key)
         except Exception as exc:  # pylint: disable=broad-except
             code, _message, status = error_info(exc)
-            if status == 404 or code in ('404', 'NoSuchKey', 'NotFound'):
-                return None
             if code == 'NoSuchBucket':
                 raise self.no_bucket() from exc
+            if status == 404 or code in ('404', 'NoSuchKey', 'NotFound'):
+                return None  # (or no such bucket: a HEAD answer has no body; the upload's first call tells)
+            if status == 403:
+                # A HEAD answer has no body, so no error code: wrong keys and a missing permission look the same.
+                # A GET of one byte (the same permission) says which it is.
+                exc = self.why_forbidden(key) or exc
             raise self.translate('HeadObject %s' % key, exc) from exc
+
+    def why_forbidden(self, key: str) -> t.Optional[BaseException]:
+        try:
+            answer = self.client.get_object(Bucket=self.opts['bucket'], Key=key, Range='bytes=0-0')
+        except Exception as exc:  # pylint: disable=broad-except
+            return exc if error_info(exc)[0] not in ('', '403') else None
+        answer['Body'].close()
+        return None
 
     def no_bucket(self) -> CloudError:
         return CloudError('s3.bucket: the bucket %s does not exist at %s; create it first'
@@ -175,22 +276,20 @@ class S3Backend(Backend):
         req = self.request
         src = t.cast(str, req.src)
         digest = req.sha256 or sha256_file(src)
-        metadata = {DIGEST_KEY: digest}
-        if req.family:
-            metadata[FAMILY_KEY] = req.family
-        metadata.update(req.tags)
-        result = put_artifact(self, self.client, self.opts['bucket'], self.key, src, metadata)
+        result = put_artifact(self, self.client, self.opts['bucket'], self.key, src, self.metadata(digest))
         return {'changed': result['changed'], 'id': self.key, 'url': self.url(self.key), 'sha256': digest,
                 'resumed': result['resumed'],
                 'details': {'bucket': self.opts['bucket'], 'key': self.key, 'etag': result['etag'],
-                            'version_id': result['version_id'], 'parts': result.get('parts', 0)}}
+                            'version_id': result['version_id'], 'parts': result.get('parts', 0),
+                            'part_size': result.get('part_size', 0)}}
 
-    # --- absent and pruned ----------------------------------------------------------------------------------
+    # --- absent and pruned --------------------------------------------------------------------------------
 
     def absent(self) -> t.Dict[str, t.Any]:
         head = self.head(self.key)
         unfinished = self.unfinished(self.key)
-        deleted = [{'name': self.key, 'id': self.key}] if head else []
+        deleted = [{'name': self.key, 'id': self.key, 'sha256': (head.get('Metadata') or {}).get(DIGEST_KEY)}] \
+            if head else []
         if not self.request.check_mode:
             if head:
                 self.checked_call('DeleteObject', self.client.delete_object, Bucket=self.opts['bucket'], Key=self.key)
@@ -200,20 +299,23 @@ class S3Backend(Backend):
         return {'changed': bool(head or unfinished), 'deleted': deleted, 'aborted_uploads': len(unfinished)}
 
     def pruned(self) -> t.Dict[str, t.Any]:
+        """The objects of the family in the key's "directory" (not below it), all but the newest deleted."""
         prefix = self.key.rsplit('/', 1)[0] + '/' if '/' in self.key else ''
         objects: t.List[t.Dict[str, t.Any]] = []
         token = None
         while True:
-            kwargs: t.Dict[str, t.Any] = {'Bucket': self.opts['bucket'], 'Prefix': prefix}
+            kwargs: t.Dict[str, t.Any] = {'Bucket': self.opts['bucket'], 'Prefix': prefix, 'Delimiter': '/'}
             if token:
                 kwargs['ContinuationToken'] = token
             page = self.checked_call('ListObjectsV2', self.client.list_objects_v2, **kwargs)
             for entry in page.get('Contents') or []:
                 if '/' in entry['Key'][len(prefix):]:
-                    continue  # only this "directory", not those below it
+                    continue  # a store that ignores Delimiter
+                # ListObjectsV2 does not return user metadata: one HeadObject each.
                 head = self.head(entry['Key'])
-                if head and (head.get('Metadata') or {}).get(FAMILY_KEY) == self.request.family:
-                    objects.append({'name': entry['Key'], 'id': entry['Key'],
+                metadata = (head or {}).get('Metadata') or {}
+                if metadata.get(FAMILY_KEY) == self.request.family:
+                    objects.append({'name': entry['Key'], 'id': entry['Key'], 'sha256': metadata.get(DIGEST_KEY),
                                     'created': entry['LastModified'].isoformat(), 'size': entry['Size']})
             if not page.get('IsTruncated'):
                 break
@@ -233,9 +335,26 @@ class S3Backend(Backend):
         return os.path.join(os.path.expanduser(STATE_DIR), name)
 
     def unfinished(self, key: str) -> t.List[str]:
-        page = self.checked_call('ListMultipartUploads', self.client.list_multipart_uploads,
-                                 Bucket=self.opts['bucket'], Prefix=key)
-        return [u['UploadId'] for u in page.get('Uploads') or [] if u.get('Key') == key]
+        """The ids of the unfinished multipart uploads of key."""
+        ids: t.List[str] = []
+        kwargs: t.Dict[str, t.Any] = {'Bucket': self.opts['bucket'], 'Prefix': key}
+        while True:
+            page = self.checked_call('ListMultipartUploads', self.client.list_multipart_uploads, **kwargs)
+            ids.extend(u['UploadId'] for u in page.get('Uploads') or [] if u.get('Key') == key)
+            if not page.get('IsTruncated'):
+                return ids
+            kwargs.update(KeyMarker=page.get('NextKeyMarker'), UploadIdMarker=page.get('NextUploadIdMarker'))
+
+    def parts(self, key: str, upload_id: str) -> t.List[t.Dict[str, t.Any]]:
+        """ListParts, all pages (a page has at most 1000 parts)."""
+        found: t.List[t.Dict[str, t.Any]] = []
+        kwargs: t.Dict[str, t.Any] = {'Bucket': self.opts['bucket'], 'Key': key, 'UploadId': upload_id}
+        while True:
+            page = self.session.call('ListParts', self.client.list_parts, **kwargs)
+            found.extend(page.get('Parts') or [])
+            if not page.get('IsTruncated'):
+                return found
+            kwargs['PartNumberMarker'] = page.get('NextPartNumberMarker')
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
@@ -267,7 +386,7 @@ def recalled(path: str) -> t.Optional[t.Dict[str, t.Any]]:
             record = json.load(handle)
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and isinstance(record.get('upload_id'), str) else None
 
 
 def put_artifact(backend: Backend, client: t.Any, bucket: str, key: str, path: str,
@@ -276,15 +395,15 @@ def put_artifact(backend: Backend, client: t.Any, bucket: str, key: str, path: s
 
     backend provides the request (check mode, keep_partial, s3 options), the session
     (retries, progress) and the AWS error handling; the aws_ami target calls this
-    for its import_snapshot staging with its own backend.
+    for its import_snapshot staging with its own backend. Returns changed, etag,
+    version_id, resumed and sha256 (and parts, part_size).
     """
     s3 = backend if isinstance(backend, S3Backend) else S3Backend(backend.request)
     s3.session = backend.session
     s3._client = client
-    if not s3.opts.get('bucket'):
-        s3.opts['bucket'] = bucket
-    if not hasattr(s3, 'part_size'):
-        s3.part_size = parse_size(s3.opts['part_size'], 's3.part_size')
+    s3.opts['bucket'] = bucket
+    if not s3.part_size:
+        s3.part_size = check_part_size(s3.opts['part_size'])
     req = backend.request
     digest = metadata[DIGEST_KEY]
     size = os.path.getsize(path)
@@ -299,6 +418,7 @@ def put_artifact(backend: Backend, client: t.Any, bucket: str, key: str, path: s
     if s3.opts.get('storage_class'):
         extra['StorageClass'] = s3.opts['storage_class']
     if size <= s3.part_size:
+        # Held in memory (at most one part): the bytes hashed are the bytes sent.
         data = read_range(path, 0, size)
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
@@ -309,8 +429,49 @@ def put_artifact(backend: Backend, client: t.Any, bucket: str, key: str, path: s
                                  ContentMD5=md5_b64(data), **extra)
         backend.session.progress.sent(size)
         return {'changed': True, 'etag': answer.get('ETag'), 'version_id': answer.get('VersionId'), 'resumed': False,
-                'sha256': digest, 'parts': 1}
+                'sha256': digest, 'parts': 1, 'part_size': size}
     return _multipart(s3, client, bucket, key, path, size, digest, extra)
+
+
+def _resumable(s3: S3Backend, client: t.Any, bucket: str, key: str, path: str, size: int, digest: str,
+               plan: t.List[t.Tuple[int, int, int]]) -> t.Tuple[t.Optional[str], t.Dict[int, t.Dict[str, str]]]:
+    """(upload id, parts already there) of an upload an earlier run recorded for this content; (None, {}) if none."""
+    state = s3.state_path(key)
+    record = recalled(state)
+    if record is None:
+        return None, {}
+    wanted = {'sha256': digest, 'size': size, 'part_size': plan[0][2], 'bucket': bucket, 'key': key}
+    if any(record.get(name) != value for name, value in wanted.items()):
+        # Started for other content (or another part size): it can never become this artifact.
+        try:
+            s3.abort(key, record['upload_id'])
+        except OsImageError as exc:
+            s3.session.warn('the multipart upload %s of an earlier run (for other content) could not be aborted: %s'
+                            % (record['upload_id'], exc.msg))
+        forget(state)
+        return None, {}
+    try:
+        listed = s3.parts(key, record['upload_id'])
+    except Exception as exc:  # pylint: disable=broad-except
+        if error_info(exc)[0] != 'NoSuchUpload':
+            raise s3.translate('ListParts', exc) from exc
+        forget(state)  # completed or aborted meanwhile (or removed by a lifecycle rule)
+        return None, {}
+    ranges = {number: (offset, length) for number, offset, length in plan}
+
+    def verified(part: t.Dict[str, t.Any]) -> t.Optional[t.Tuple[int, t.Dict[str, str]]]:
+        number = part.get('PartNumber')
+        if number not in ranges or ranges[number][1] != part.get('Size'):
+            return None
+        data = read_range(path, *ranges[number])
+        if etag_of(data) != part.get('ETag'):
+            return None  # other bytes (or a store whose ETags are not MD5s): sent again
+        # ListParts of some stores omits the part's checksum; it is the CRC32 of the same bytes.
+        return number, {'ETag': part['ETag'], 'ChecksumCRC32': part.get('ChecksumCRC32') or crc32_b64(data)}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=int(s3.opts.get('concurrency') or 4)) as pool:
+        done = dict(found for found in pool.map(verified, listed) if found)
+    return record['upload_id'], done
 
 
 def _multipart(s3: S3Backend, client: t.Any, bucket: str, key: str, path: str, size: int, digest: str,
@@ -318,29 +479,7 @@ def _multipart(s3: S3Backend, client: t.Any, bucket: str, key: str, path: str, s
     req = s3.request
     plan = part_plan(size, s3.part_size)
     state = s3.state_path(key)
-    record = recalled(state)
-    done: t.Dict[int, t.Dict[str, str]] = {}  # part number -> its ETag and CRC32, as CompleteMultipartUpload lists them
-    upload_id = None
-    if record and record.get('sha256') == digest and record.get('size') == size and \
-            record.get('part_size') == plan[0][2] and record.get('bucket') == bucket:
-        try:
-            listed = s3.session.call('ListParts', client.list_parts, Bucket=bucket, Key=key,
-                                     UploadId=record['upload_id'], MaxParts=MAX_PARTS)
-            upload_id = record['upload_id']
-            sizes = {number: length for number, _offset, length in plan}
-            offsets = {number: offset for number, offset, _length in plan}
-            for part in listed.get('Parts') or []:
-                number = part['PartNumber']
-                if sizes.get(number) != part['Size']:
-                    continue
-                data = read_range(path, offsets[number], sizes[number])
-                if etag_of(data) == part['ETag']:
-                    # ListParts of some stores omits the part's checksum; it is the CRC32 of the same bytes.
-                    done[number] = {'ETag': part['ETag'], 'ChecksumCRC32': part.get('ChecksumCRC32') or crc32_b64(data)}
-        except Exception as exc:  # pylint: disable=broad-except
-            if error_info(exc)[0] != 'NoSuchUpload':
-                raise s3.translate('ListParts', exc) from exc
-            forget(state)
+    upload_id, done = _resumable(s3, client, bucket, key, path, size, digest, plan)
     resumed = bool(done)
     if upload_id is None:
         # Each part carries a CRC32 that the store checks on arrival (what the AWS CLI sends, too).
@@ -361,27 +500,28 @@ def _multipart(s3: S3Backend, client: t.Any, bucket: str, key: str, path: str, s
             answer = s3.call('UploadPart %d' % number, client.upload_part, Bucket=bucket, Key=key,
                              UploadId=upload_id, PartNumber=number, Body=data, ChecksumAlgorithm='CRC32')
             s3.session.progress.sent(length)
-            return number, {'ETag': answer['ETag'], 'ChecksumCRC32': answer['ChecksumCRC32']}
+            part = {'ETag': answer['ETag']}
+            if answer.get('ChecksumCRC32'):  # stores without checksum support answer without it
+                part['ChecksumCRC32'] = answer['ChecksumCRC32']
+            return number, part
 
         todo = [p for p in plan if p[0] not in done]
         with concurrent.futures.ThreadPoolExecutor(max_workers=int(s3.opts.get('concurrency') or 4)) as pool:
             futures = [pool.submit(send, *p) for p in todo]
             try:
                 for future in concurrent.futures.as_completed(futures):
-                    number, etag = future.result()
-                    done[number] = etag
+                    number, part = future.result()
+                    done[number] = part
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
         check.verify()
-        answer = s3.checked_call('CompleteMultipartUpload', client.complete_multipart_upload, Bucket=bucket, Key=key,
-                                 UploadId=upload_id,
-                                 MultipartUpload={'Parts': [dict(done[n], PartNumber=n) for n in sorted(done)]})
+        answer = _complete(s3, client, bucket, key, upload_id, done, digest, size)
         completed = True
         forget(state)
         return {'changed': True, 'etag': answer.get('ETag'), 'version_id': answer.get('VersionId'),
-                'resumed': resumed, 'sha256': digest, 'parts': len(plan)}
+                'resumed': resumed, 'sha256': digest, 'parts': len(plan), 'part_size': plan[0][2]}
     except BaseException as exc:
         check.cancel()
         if not completed and (not req.keep_partial or isinstance(exc, DigestMismatch)):
@@ -393,4 +533,28 @@ def _multipart(s3: S3Backend, client: t.Any, bucket: str, key: str, path: str, s
         elif not completed and isinstance(exc, OsImageError):
             exc.msg += ('; the multipart upload %s was kept (keep_partial) and the next run with the same artifact '
                         'resumes it' % upload_id)
+            exc.args = (exc.msg,)
         raise
+
+
+def _complete(s3: S3Backend, client: t.Any, bucket: str, key: str, upload_id: str,
+              done: t.Dict[int, t.Dict[str, str]], digest: str, size: int) -> t.Dict[str, t.Any]:
+    """CompleteMultipartUpload; a retry that finds the upload gone because the first attempt completed it is fine."""
+    parts = [dict(done[n], PartNumber=n) for n in sorted(done)]
+    attempts = []
+
+    def complete() -> t.Dict[str, t.Any]:
+        attempts.append(True)
+        return t.cast(t.Dict[str, t.Any], client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={'Parts': parts}))
+
+    try:
+        return t.cast(t.Dict[str, t.Any], s3.session.call('CompleteMultipartUpload', complete))
+    except Exception as exc:  # pylint: disable=broad-except
+        if error_info(exc)[0] == 'NoSuchUpload' and len(attempts) > 1:
+            head = s3.head(key)
+            if head and (head.get('Metadata') or {}).get(DIGEST_KEY) == digest and head.get('ContentLength') == size:
+                return head
+        if error_info(exc)[0] == 'NoSuchBucket':
+            raise s3.no_bucket() from exc
+        raise s3.translate('CompleteMultipartUpload', exc) from exc

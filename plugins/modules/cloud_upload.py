@@ -133,7 +133,10 @@ options:
       part_size:
         description:
           - Size of one multipart part (C(8M), C(64M)); between 5 MiB and 5 GiB. Files smaller than one
-            part are sent in one request.
+            part are sent in one request. Raised (with a warning) when the file would need more than S3's
+            10000 parts.
+          - Each multipart upload is recorded in C(~/.cache/osimage-builder/s3-uploads/) of the user running the
+            module, so that a later run with the same artifact and part size resumes it.
         type: str
         default: 16M
       concurrency:
