@@ -138,6 +138,14 @@ class Request:
     credentials: t.Dict[str, t.Any] = dataclasses.field(default_factory=dict)
     check_mode: bool = False
 
+    def marks(self, digest: str) -> t.Dict[str, str]:
+        """What every published object or image carries: the user's tags, the digest and the family."""
+        marks = dict(self.tags)
+        marks[DIGEST_KEY] = digest
+        if self.family:
+            marks[FAMILY_KEY] = self.family
+        return marks
+
 
 def load_library(target: str, module: str, pip_name: str) -> t.Any:
     """Import an SDK module, or raise LibraryMissing naming what to install and where."""

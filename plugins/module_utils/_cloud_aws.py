@@ -359,18 +359,10 @@ class AwsAmiBackend(Backend):
     # --- tags and sharing -------------------------------------------------------------------------------
 
     def snapshot_tags(self, digest: str) -> t.Dict[str, str]:
-        tags = dict(self.request.tags)
-        tags.update({DIGEST_KEY: digest, NAME_KEY: self.request.name})
-        if self.request.family:
-            tags[FAMILY_KEY] = self.request.family
-        return tags
+        return dict(self.request.marks(digest), **{NAME_KEY: self.request.name})
 
     def image_tags(self, digest: str) -> t.Dict[str, str]:
-        tags = dict(self.request.tags)
-        tags[DIGEST_KEY] = digest
-        if self.request.family:
-            tags[FAMILY_KEY] = self.request.family
-        return tags
+        return self.request.marks(digest)
 
     def converge_tags(self, resource: str, current: t.Dict[str, str], wanted: t.Dict[str, str]) -> bool:
         missing = {key: value for key, value in wanted.items() if current.get(key) != value}

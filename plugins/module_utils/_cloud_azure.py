@@ -573,10 +573,7 @@ class AzureBackend(Backend):
 
     def _create_image(self, blob_url: str, digest: str) -> t.Dict[str, t.Any]:
         req, opts = self.request, self.opts
-        tags = dict(req.tags)
-        tags.update({DIGEST_KEY: digest, CREATED_TAG: utc_now()})
-        if req.family:
-            tags[FAMILY_KEY] = req.family
+        tags = dict(req.marks(digest), **{CREATED_TAG: utc_now()})
         body = {
             'location': opts['location'],
             'tags': tags,

@@ -187,11 +187,7 @@ class S3Backend(Backend):
         return self.opts.get('key') or self.request.name
 
     def metadata(self, digest: str) -> t.Dict[str, str]:
-        metadata = dict(self.request.tags)
-        metadata[DIGEST_KEY] = digest
-        if self.request.family:
-            metadata[FAMILY_KEY] = self.request.family
-        return metadata
+        return self.request.marks(digest)
 
     # --- the SDK ------------------------------------------------------------------------------------------
 

@@ -196,3 +196,10 @@ def test_backend_run_checks_the_request_and_adds_progress(tmp_path: t.Any) -> No
     assert result['progress']['bytes_sent'] == 10 and result['progress']['retries'] == 0
     with pytest.raises(InvalidInput, match='state: absent is not supported by target s3'):
         Recorder(_cloud.Request(target='s3', name='k', state='absent')).run()
+
+
+def test_marks_put_the_digest_and_family_over_the_users_tags() -> None:
+    request = _cloud.Request(target='s3', name='x', family='debian-12',
+                             tags={'team': 'images', _cloud.DIGEST_KEY: 'forged'})
+    assert request.marks('d' * 64) == {'team': 'images', _cloud.DIGEST_KEY: 'd' * 64, _cloud.FAMILY_KEY: 'debian-12'}
+    assert _cloud.Request(target='s3', name='x').marks('e' * 64) == {_cloud.DIGEST_KEY: 'e' * 64}
