@@ -15,7 +15,7 @@ TARGETS ?=
 BUILD_PACKAGES := qemu-system-x86 qemu-utils ovmf mmdebstrap fdisk dosfstools mtools e2fsprogs zstd xz-utils pigz \
 	openssh-client python3-venv git make
 TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-dev gcc gnupg signify-openbsd minisign libxml2-utils \
-	extlinux syslinux-common iproute2 procps
+	extlinux syslinux-common iproute2 procps ostree
 APT_PACKAGES ?= $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
 .PHONY: azurite build e2e e2e-openbsd test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
