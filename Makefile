@@ -18,7 +18,7 @@ TEST_PACKAGES := linux-image-amd64 busybox-static cpio shellcheck curl python3-d
 	extlinux syslinux-common iproute2 procps ostree
 APT_PACKAGES ?= $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-.PHONY: azurite build e2e e2e-openbsd test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
+.PHONY: azurite glance build e2e e2e-openbsd test fresh-results setup apt venv get-pip-standin collection sanity units integration lint changelog-lint clean
 
 # Build the default image (blueprints/debian-12.yml) into ./output/.
 build:
@@ -91,9 +91,24 @@ azurite:
 	  npm install --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 	fi
 
-integration: venv collection azurite
+# Glance (OpenStack's image service), run for real by the cloud_upload tests, in a venv of its own
+# because its dependencies pin other versions than ours; the tests find its Python on PATH as
+# osimage-glance-python (ansible-test passes PATH to the tests, and no other variable).
+GLANCE_VENV ?= $(CURDIR)/.tmp/glance-venv
+TOOLS_BIN ?= $(CURDIR)/.tmp/bin
+$(GLANCE_VENV)/.installed: tests/requirements-glance.txt
+	rm -rf $(GLANCE_VENV)
+	python3 -m venv $(GLANCE_VENV)
+	$(GLANCE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements-glance.txt
+	touch $@
+glance: $(GLANCE_VENV)/.installed
+	mkdir -p $(TOOLS_BIN)
+	printf '#!/bin/sh\nexec %s "$$@"\n' $(GLANCE_VENV)/bin/python > $(TOOLS_BIN)/osimage-glance-python
+	chmod 755 $(TOOLS_BIN)/osimage-glance-python
+
+integration: venv collection azurite glance
 	mkdir -p $(RESULTS)
-	cd $(COLL) && PATH=$(VENV)/bin:$(NODE_DIR)/node_modules/.bin:$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no $(TARGETS) 2>&1 \
+	cd $(COLL) && PATH=$(VENV)/bin:$(NODE_DIR)/node_modules/.bin:$(TOOLS_BIN):$$PATH $(VENV)/bin/ansible-test integration --local --python 3.11 --color no $(TARGETS) 2>&1 \
 	  | tee $(RESULTS)/integration.log
 	grep -c '^Running .* integration test role' $(RESULTS)/integration.log > $(RESULTS)/integration.count
 

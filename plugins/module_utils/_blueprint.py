@@ -20,7 +20,8 @@ import typing as t
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
-    CREDENTIAL_OPTIONS, DEFAULT_FORMATS, TARGET_FORMATS, TARGET_OPTIONS, TARGETS)
+    CREDENTIAL_OPTIONS, DEFAULT_FORMATS, TARGET_FORMATS, TARGET_OPTIONS, TARGETS, check_image_name, check_tags,
+    cloud_name, default_image_name)
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput
 from ansible_collections.osimage.builder.plugins.module_utils._formats import (
     COMPRESSIONS, FORMATS, QCOW2_COMPRESSIONS, extension)
@@ -110,6 +111,8 @@ PUBLISH: Schema = {
     's3': ('dict', None, None),
     'aws_ami': ('dict', None, None),
     'azure': ('dict', None, None),
+    'gce': ('dict', None, None),
+    'openstack_glance': ('dict', None, None),
 }
 SCHEMA: Schema = {
     'name': ('str', None, None),
@@ -396,7 +399,7 @@ def _check_publish(where: str, entry: t.Dict[str, t.Any], bp: t.Dict[str, t.Any]
         checked = ArgumentSpecValidator(TARGET_OPTIONS[other]).validate(entry[other])
         if checked.error_messages:
             raise InvalidInput('%s.%s: %s' % (where, other, '; '.join(checked.error_messages)))
-    needs = {'s3': ('s3', 'bucket'), 'azure': ('azure', 'container')}
+    needs = {'s3': ('s3', 'bucket'), 'azure': ('azure', 'container'), 'gce': ('gce', 'bucket')}
     aws = entry['aws_ami'] or {}
     if target == 'aws_ami' and aws.get('method') == 'import_snapshot':
         needs['aws_ami'] = ('s3', 'bucket')
@@ -432,9 +435,16 @@ def _check_publish(where: str, entry: t.Dict[str, t.Any], bp: t.Dict[str, t.Any]
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise InvalidInput('%s.tags.%s: expected a string, got %r' % (where, key, _plain(value)))
     entry['tags'] = {str(k): str(v) for k, v in entry['tags'].items()}
-    entry['family'] = entry['family'] or bp['name']
+    check_tags(target, entry['tags'], where + '.tags')
+    if entry['family'] is None:
+        entry['family'] = cloud_name(target, bp['name'])
+    else:
+        check_image_name(target, entry['family'], where + '.family')
     if target != 's3':  # an s3 object is named after its artifact file when no name is given
-        entry['name'] = entry['name'] or '%s-%s' % (bp['name'], bp['version'])
+        if entry['name'] is None:
+            entry['name'] = default_image_name(target, bp['name'], bp['version'])
+        else:
+            check_image_name(target, entry['name'], where + '.name')
 
 
 def _check_linux(bp: t.Dict[str, t.Any]) -> None:

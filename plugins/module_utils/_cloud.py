@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -44,15 +45,21 @@ DIGEST_KEY = 'osimage-sha256'
 # The key that groups the images one blueprint publishes, for retention (keep_newest).
 FAMILY_KEY = 'osimage-family'
 
-TARGETS = ('s3', 'aws_ami', 'azure')
+TARGETS = ('s3', 'aws_ami', 'azure', 'gce', 'openstack_glance')
 # Module options that carry credentials or pick them; they come from the environment (AWX's credential
 # types) or from the play, never from a blueprint.
 CREDENTIAL_OPTIONS = ('aws_access_key_id', 'aws_secret_access_key', 'aws_session_token', 'aws_profile', 'aws_region',
-                      'azure_client_id', 'azure_secret', 'azure_tenant', 'azure_subscription_id', 'azure_storage_key')
+                      'azure_client_id', 'azure_secret', 'azure_tenant', 'azure_subscription_id', 'azure_storage_key',
+                      'gcp_credentials_file', 'gcp_credentials', 'gcp_project',
+                      'openstack_cloud', 'openstack_auth', 'openstack_region')
 # What each target publishes by default, from the build's outputs (s3 takes the first output).
-DEFAULT_FORMATS = {'aws_ami': ['raw'], 'azure': ['vhd']}
-# The formats a target can take; None = any. Image services need an uncompressed disk.
-TARGET_FORMATS = {'s3': None, 'aws_ami': ['raw'], 'azure': ['vhd']}
+DEFAULT_FORMATS = {'aws_ami': ['raw'], 'azure': ['vhd'], 'gce': ['gce'], 'openstack_glance': ['qcow2', 'raw']}
+# The formats a target can take; None = any. Image services need an uncompressed disk (the gce
+# output is the tar.gz of disk.raw that images.insert reads, and is not compressed once more).
+TARGET_FORMATS = {'s3': None, 'aws_ami': ['raw'], 'azure': ['vhd'], 'gce': ['gce'],
+                  'openstack_glance': ['qcow2', 'raw', 'vmdk', 'vhd', 'vhdx']}
+# Glance's disk_format of each output format.
+GLANCE_DISK_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'vmdk': 'vmdk', 'vhd': 'vhd', 'vhdx': 'vhdx'}
 CHUNK = 4 * 1024 * 1024
 
 # The suboptions of each target, shared by the module's argument spec and the blueprint's
@@ -93,7 +100,72 @@ TARGET_OPTIONS: t.Dict[str, t.Dict[str, t.Any]] = {
         resource_manager_endpoint=dict(type='str'),
         authority_host=dict(type='str'),
     ),
+    'gce': dict(
+        bucket=dict(type='str', required=True),
+        object=dict(type='str'),
+        project=dict(type='str'),
+        guest_os_features=dict(type='list', elements='str', default=[]),
+        architecture=dict(type='str', default='X86_64', choices=['X86_64', 'ARM64']),
+        licenses=dict(type='list', elements='str', default=[]),
+        storage_locations=dict(type='list', elements='str', default=[]),
+        keep_object=dict(type='bool', default=False),
+        storage_endpoint=dict(type='str'),
+        compute_endpoint=dict(type='str'),
+    ),
+    'openstack_glance': dict(
+        disk_format=dict(type='str', choices=['qcow2', 'raw', 'vmdk', 'vhd', 'vhdx', 'vdi', 'iso']),
+        container_format=dict(type='str', default='bare', choices=['bare', 'ovf', 'ova']),
+        visibility=dict(type='str', default='private', choices=['private', 'shared', 'community', 'public']),
+        min_disk=dict(type='int'),
+        min_ram=dict(type='int'),
+        protected=dict(type='bool', default=False),
+        properties=dict(type='dict', default={}),
+        image_endpoint=dict(type='str'),
+    ),
 }
+
+# Image names each cloud accepts (checked with the blueprint and again before any call).
+GCE_NAME_RE = re.compile(r'^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$')
+GCE_LABEL_KEY_RE = re.compile(r'^[a-z][a-z0-9_-]{0,62}$')
+GCE_LABEL_VALUE_RE = re.compile(r'^[a-z0-9_-]{0,63}$')
+
+
+def cloud_name(target: str, text: str) -> str:
+    """text in the alphabet of the target's image and family names (GCE: lowercase letters, digits, hyphens)."""
+    if target == 'gce':
+        text = re.sub(r'[^a-z0-9-]+', '-', text.lower()).strip('-')
+        if not text[:1].isalpha():
+            text = 'image-' + text
+        text = text[:63].rstrip('-')
+    return text
+
+
+def default_image_name(target: str, name: str, version: str) -> str:
+    """The image name a blueprint gets when its publish entry names none: NAME-VERSION in the cloud's alphabet."""
+    return cloud_name(target, '%s-%s' % (name, version))
+
+
+def check_image_name(target: str, name: str, where: str = 'name') -> None:
+    """InvalidInput when the cloud would refuse name as an image name (or family)."""
+    if target == 'gce' and not GCE_NAME_RE.match(name):
+        raise InvalidInput('%s: %r is not a Google Compute Engine image name: 1 to 63 lowercase letters, digits '
+                           'and hyphens, starting with a letter and not ending with a hyphen' % (where, name))
+
+
+def check_tags(target: str, tags: t.Mapping[str, t.Any], where: str = 'tags') -> None:
+    """InvalidInput when the cloud would refuse a tag, label or property the user gave."""
+    if target != 'gce':
+        return
+    for key, value in tags.items():
+        if not GCE_LABEL_KEY_RE.match(str(key)):
+            raise InvalidInput('%s.%s: Google Compute Engine label keys are 1 to 63 lowercase letters, digits, '
+                               '"_" and "-", starting with a letter' % (where, key))
+        if not GCE_LABEL_VALUE_RE.match(str(value)):
+            raise InvalidInput('%s.%s: %r is not a Google Compute Engine label value: up to 63 lowercase letters, '
+                               'digits, "_" and "-"' % (where, key, value))
+        if str(key).startswith('osimage-'):
+            raise InvalidInput('%s.%s: labels starting with osimage- are the ones cloud_upload sets itself'
+                               % (where, key))
 
 
 class CloudError(OsImageError):
@@ -329,6 +401,11 @@ def check_request(req: Request) -> Request:
     for key, value in req.tags.items():
         if not isinstance(value, str):
             raise InvalidInput('tags: the value of %s must be a string, not %s' % (key, type(value).__name__))
+    check_tags(req.target, req.tags)
+    if req.state != 'pruned':
+        check_image_name(req.target, req.name)
+    if req.family:
+        check_image_name(req.target, req.family, 'family')
     return req
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 ---
 module: cloud_upload
-short_description: Publish an image artifact to S3-compatible storage, AWS or Azure
+short_description: Publish an image artifact to S3-compatible storage, AWS, Azure, Google Cloud or OpenStack
 version_added: 0.1.0
 description:
   - Uploads one artifact that M(osimage.builder.image_export) wrote and, for the image services, registers it as
     an image - an object in any S3-compatible bucket (O(target=s3)), an EBS snapshot and AMI (O(target=aws_ami)),
-    or a page blob and managed image (O(target=azure)).
+    a page blob and managed image (O(target=azure)), a Cloud Storage object and Compute Engine image
+    (O(target=gce)), or a Glance image (O(target=openstack_glance)).
   - Idempotent by digest. The artifact's SHA-256 travels with what is published (object metadata, tags, labels
     or image properties named C(osimage-sha256) or the nearest spelling the cloud allows). When an object or
     image of O(name) already carries the same digest, nothing is sent and the result is C(changed=false).
@@ -24,7 +25,7 @@ description:
   - Throttling and network errors are retried with exponential backoff (O(retries)); waits for the cloud end
     after O(wait_timeout) seconds, or at once when the cloud reports a failure.
   - The cloud SDKs are imported only for the target in use (boto3; azure-storage-blob, azure-identity and
-    azure-mgmt-compute). The module may run on the
+    azure-mgmt-compute; google-cloud-storage and google-cloud-compute; openstacksdk). The module may run on the
     build host or on the controller (with C(delegate_to) V(localhost)), wherever the SDK, the credentials and the
     artifact are.
   - Credentials come from the options below or from each provider's usual environment variables, which is what
@@ -37,7 +38,7 @@ options:
       - Where the artifact goes.
     type: str
     required: true
-    choices: [s3, aws_ami, azure]
+    choices: [s3, aws_ami, azure, gce, openstack_glance]
   state:
     description:
       - V(present) uploads O(src) and registers the image.
@@ -51,8 +52,9 @@ options:
   src:
     description:
       - The artifact to upload. Required with O(state=present).
-      - O(target=aws_ami) takes a V(raw) image; O(target=azure) a fixed VHD (C(vhd) output); O(target=s3) any
-        artifact.
+      - O(target=aws_ami) takes a V(raw) image; O(target=azure) a fixed VHD (C(vhd) output); O(target=gce) the
+        C(disk.raw) tar.gz of the C(gce) output; O(target=openstack_glance) a qcow2, raw, vmdk, vhd or vhdx image;
+        O(target=s3) any artifact.
     type: path
   sha256:
     description:
@@ -64,7 +66,8 @@ options:
   name:
     description:
       - Name of the published object or image. For O(target=s3) the default object key; for the others the
-        image name, which the cloud may restrict (AMI names - 3 to 128 letters, digits and C(()[] ./'@_-)).
+        image name, which the cloud may restrict (AMI names - 3 to 128 letters, digits and C(()[] ./'@_-);
+        Compute Engine names - up to 63 lowercase letters, digits and hyphens, starting with a letter).
     type: str
     required: true
   family:
@@ -84,7 +87,8 @@ options:
   tags:
     description:
       - Tags or metadata added to what is published. Azure blob metadata names must be C# identifiers; S3
-        metadata must be ASCII.
+        metadata must be ASCII; Compute Engine labels are lowercase letters, digits, C(_) and C(-); Glance
+        takes them as image properties.
     type: dict
     default: {}
   force:
@@ -251,6 +255,88 @@ options:
       authority_host:
         description: URL of the Microsoft Entra authority that issues tokens. Defaults to the public cloud's.
         type: str
+  gce:
+    description:
+      - Options of O(target=gce).
+    type: dict
+    suboptions:
+      bucket:
+        description: Cloud Storage bucket that receives the tar.gz; it must exist.
+        type: str
+        required: true
+      object:
+        description: Object name. Defaults to O(name) with C(.tar.gz) appended.
+        type: str
+      project:
+        description:
+          - Project of the image. Defaults to O(gcp_project), then the service account key's C(project_id).
+        type: str
+      guest_os_features:
+        description: Guest OS features of the image, for example V(UEFI_COMPATIBLE), V(VIRTIO_SCSI_MULTIQUEUE), V(GVNIC).
+        type: list
+        elements: str
+        default: []
+      architecture:
+        description: CPU architecture of the image.
+        type: str
+        default: X86_64
+        choices: [X86_64, ARM64]
+      licenses:
+        description: License URLs attached to the image.
+        type: list
+        elements: str
+        default: []
+      storage_locations:
+        description: Cloud Storage locations of the image, for example V(eu).
+        type: list
+        elements: str
+        default: []
+      keep_object:
+        description: Keep the tar.gz in the bucket once the image is ready (it is deleted by default).
+        type: bool
+        default: false
+      storage_endpoint:
+        description: URL of the Cloud Storage JSON API (emulators, private endpoints).
+        type: str
+      compute_endpoint:
+        description: URL of the Compute Engine API.
+        type: str
+  openstack_glance:
+    description:
+      - Options of O(target=openstack_glance).
+    type: dict
+    suboptions:
+      disk_format:
+        description: Glance disk format. Defaults to the format of O(src), from its name.
+        type: str
+        choices: [qcow2, raw, vmdk, vhd, vhdx, vdi, iso]
+      container_format:
+        description: Glance container format.
+        type: str
+        default: bare
+        choices: [bare, ovf, ova]
+      visibility:
+        description: Who may see and boot the image.
+        type: str
+        default: private
+        choices: [private, shared, community, public]
+      min_disk:
+        description: Smallest root disk, in GiB, that the image boots from.
+        type: int
+      min_ram:
+        description: Smallest memory, in MiB, that the image boots with.
+        type: int
+      protected:
+        description: Protect the image from deletion.
+        type: bool
+        default: false
+      properties:
+        description: Image properties, for example C(hw_firmware_type=uefi) or C(os_distro=debian).
+        type: dict
+        default: {}
+      image_endpoint:
+        description: URL of the Image service, instead of the one in the Keystone catalog.
+        type: str
   aws_access_key_id:
     description: AWS access key. Falls back to E(AWS_ACCESS_KEY_ID).
     type: str
@@ -283,6 +369,30 @@ options:
       - Key of the storage account. Falls back to E(AZURE_STORAGE_KEY). Without it, the service principal's
         token is used for the blob too.
     type: str
+  gcp_credentials_file:
+    description:
+      - Service account key file (JSON). Falls back to E(GOOGLE_APPLICATION_CREDENTIALS), E(GCP_SERVICE_ACCOUNT_FILE),
+        then E(GCE_CREDENTIALS_FILE_PATH); without any, the application default credentials are used.
+    type: path
+  gcp_credentials:
+    description: The service account key's JSON text, instead of a file. Falls back to E(GCP_SERVICE_ACCOUNT_CONTENTS).
+    type: str
+  gcp_project:
+    description: Google Cloud project. Falls back to E(GOOGLE_CLOUD_PROJECT), E(GCP_PROJECT), then E(GCE_PROJECT).
+    type: str
+  openstack_cloud:
+    description:
+      - Name of a cloud in C(clouds.yaml). Falls back to E(OS_CLOUD). Without it and O(openstack_auth), openstacksdk
+        reads the E(OS_AUTH_URL), E(OS_USERNAME), E(OS_PASSWORD) ... variables.
+    type: str
+  openstack_auth:
+    description:
+      - Keystone authentication - C(auth_url), C(username), C(password), C(project_name), C(user_domain_name),
+        C(project_domain_name), or C(application_credential_id) and C(application_credential_secret).
+    type: dict
+  openstack_region:
+    description: OpenStack region. Falls back to E(OS_REGION_NAME).
+    type: str
 attributes:
   check_mode:
     support: full
@@ -298,6 +408,8 @@ seealso:
 requirements:
   - boto3 for O(target=s3) and O(target=aws_ami)
   - azure-storage-blob, azure-identity and azure-mgmt-compute for O(target=azure)
+  - google-cloud-storage and google-cloud-compute for O(target=gce)
+  - openstacksdk for O(target=openstack_glance)
 '''
 
 EXAMPLES = r'''
@@ -323,6 +435,26 @@ EXAMPLES = r'''
       boot_mode: uefi-preferred
       share_with: ["123456789012"]
 
+- name: Create a Compute Engine image from the gce output
+  osimage.builder.cloud_upload:
+    target: gce
+    src: output/debian-12-1.0.0/debian-12-1.0.0.tar.gz
+    name: debian-12-1-0-0
+    family: debian-12
+    gce:
+      bucket: my-images
+      guest_os_features: [UEFI_COMPATIBLE, VIRTIO_SCSI_MULTIQUEUE, GVNIC]
+
+- name: Create a Glance image from the qcow2 output, with the cloud of clouds.yaml that OS_CLOUD names
+  osimage.builder.cloud_upload:
+    target: openstack_glance
+    src: output/debian-12-1.0.0/debian-12-1.0.0.qcow2
+    name: debian-12-1.0.0
+    openstack_glance:
+      properties:
+        os_distro: debian
+        hw_firmware_type: uefi
+
 - name: Keep the three newest AMIs of the family, and list what would go
   osimage.builder.cloud_upload:
     target: aws_ami
@@ -340,7 +472,8 @@ target:
   type: str
 id:
   description:
-    - What was published - object key, AMI id, Azure image resource id (the blob URL without O(azure.resource_group)).
+    - What was published - object key, AMI id, Azure image resource id (the blob URL without O(azure.resource_group)),
+      Compute Engine image id, Glance image id.
   returned: state=present
   type: str
   sample: ami-0123456789abcdef0
@@ -354,7 +487,9 @@ sha256:
   type: str
 details:
   description:
-    - Target-specific ids - C(etag), C(version_id) (s3); C(snapshot_id) (aws_ami); C(blob_url) (azure).
+    - Target-specific ids - C(etag), C(version_id) (s3); C(snapshot_id) (aws_ami); C(blob_url) (azure);
+      C(object_url), C(bucket), C(object), C(project), C(family), C(status), C(image_id), C(object_deleted) (gce);
+      C(disk_format), C(container_format), C(visibility), C(checksum), C(os_hash_value) (openstack_glance).
   returned: state=present
   type: dict
 progress:
@@ -386,6 +521,8 @@ from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
     CREDENTIAL_OPTIONS, TARGET_OPTIONS, TARGETS, Request)
 from ansible_collections.osimage.builder.plugins.module_utils._cloud_aws import AwsAmiBackend
 from ansible_collections.osimage.builder.plugins.module_utils._cloud_azure import AzureBackend
+from ansible_collections.osimage.builder.plugins.module_utils._cloud_gce import GceBackend
+from ansible_collections.osimage.builder.plugins.module_utils._cloud_glance import GlanceBackend
 from ansible_collections.osimage.builder.plugins.module_utils._cloud_s3 import S3Backend
 from ansible_collections.osimage.builder.plugins.module_utils._errors import OsImageError
 
@@ -393,6 +530,8 @@ BACKENDS = {
     's3': S3Backend,
     'aws_ami': AwsAmiBackend,
     'azure': AzureBackend,
+    'gce': GceBackend,
+    'openstack_glance': GlanceBackend,
 }
 
 
@@ -423,6 +562,13 @@ def argument_spec() -> dict:
         azure_tenant=dict(type='str', fallback=(env_fallback, ['AZURE_TENANT', 'AZURE_TENANT_ID'])),
         azure_subscription_id=dict(type='str', fallback=(env_fallback, ['AZURE_SUBSCRIPTION_ID'])),
         azure_storage_key=dict(type='str', no_log=True, fallback=(env_fallback, ['AZURE_STORAGE_KEY'])),
+        gcp_credentials_file=dict(type='path', fallback=(env_fallback, [
+            'GOOGLE_APPLICATION_CREDENTIALS', 'GCP_SERVICE_ACCOUNT_FILE', 'GCE_CREDENTIALS_FILE_PATH'])),
+        gcp_credentials=dict(type='str', no_log=True, fallback=(env_fallback, ['GCP_SERVICE_ACCOUNT_CONTENTS'])),
+        gcp_project=dict(type='str', fallback=(env_fallback, ['GOOGLE_CLOUD_PROJECT', 'GCP_PROJECT', 'GCE_PROJECT'])),
+        openstack_cloud=dict(type='str', fallback=(env_fallback, ['OS_CLOUD'])),
+        openstack_auth=dict(type='dict', no_log=True),
+        openstack_region=dict(type='str', fallback=(env_fallback, ['OS_REGION_NAME'])),
     )
 
 
@@ -430,7 +576,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(),
         required_if=[('state', 'present', ['src']), ('state', 'pruned', ['family', 'keep_newest']),
-                     ('target', 's3', ['s3']), ('target', 'azure', ['azure'])],
+                     ('target', 's3', ['s3']), ('target', 'azure', ['azure']),
+                     ('target', 'gce', ['gce'])],
         supports_check_mode=True,
     )
     params = module.params

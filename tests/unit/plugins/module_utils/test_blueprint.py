@@ -160,10 +160,19 @@ def _published(entries, **extra):
 
 def test_publish_defaults_pick_the_output_each_target_takes():
     entries = _published([{'target': 's3', 's3': {'bucket': 'b'}}, {'target': 'aws_ami'},
-                          {'target': 'azure', 'azure': {'container': 'c'}}])
-    assert [e['format'] for e in entries] == ['qcow2', 'raw', 'vhd']
-    assert [e['name'] for e in entries] == [None, 'debian-12-1.0.0', 'debian-12-1.0.0']
+                          {'target': 'azure', 'azure': {'container': 'c'}}, {'target': 'gce', 'gce': {'bucket': 'b'}},
+                          {'target': 'openstack_glance'}])
+    assert [e['format'] for e in entries] == ['qcow2', 'raw', 'vhd', 'gce', 'qcow2']
+    assert [e['name'] for e in entries] == [None, 'debian-12-1.0.0', 'debian-12-1.0.0', 'debian-12-1-0-0',
+                                            'debian-12-1.0.0']
     assert all(e['family'] == 'debian-12' for e in entries)
+
+
+def test_gce_names_and_families_are_made_from_the_blueprint_in_its_alphabet():
+    entry = _blueprint.normalise(dict(PUBLISH_BASE, name='debian_12.cloud', version='2.0',
+                                      publish=[{'target': 'gce', 'gce': {'bucket': 'b'}}]),
+                                 hash_password=lambda p, s: 'x')['publish'][0]
+    assert (entry['name'], entry['family']) == ('debian-12-cloud-2-0', 'debian-12-cloud')
 
 
 @pytest.mark.parametrize('entry, message', [
@@ -180,7 +189,25 @@ def test_publish_defaults_pick_the_output_each_target_takes():
     ({'target': 'azure', 'azure': {'container': 'c'}, 'format': 'qcow2'},
      r'publish\[0\].format: target azure cannot take a qcow2 image; it takes vhd'),
     ({'target': 'aws_ami', 'format': 'vmdk'}, r'publish\[0\].format: target aws_ami cannot take a vmdk image'),
-    ({'target': 'gce'}, r"publish\[0\].target: 'gce' is not a publish target"),
+    ({'target': 'gce2'}, r"publish\[0\].target: 'gce2' is not a publish target"),
+    ({'target': 'gce'}, r'publish\[0\].gce.bucket: is required for target gce'),
+    ({'target': 'gce', 'gce': {'bucket': 'b'}, 'name': 'Debian-12'},
+     r"publish\[0\].name: 'Debian-12' is not a Google Compute Engine image name"),
+    ({'target': 'gce', 'gce': {'bucket': 'b'}, 'family': 'debian_12'},
+     r"publish\[0\].family: 'debian_12' is not a Google Compute Engine image name"),
+    ({'target': 'gce', 'gce': {'bucket': 'b'}, 'tags': {'Team': 'x'}},
+     r'publish\[0\].tags.Team: Google Compute Engine label keys are'),
+    ({'target': 'gce', 'gce': {'bucket': 'b'}, 'tags': {'team': 'Ops Team'}},
+     r"publish\[0\].tags.team: 'Ops Team' is not a Google Compute Engine label value"),
+    ({'target': 'gce', 'gce': {'bucket': 'b', 'architecture': 'arm'}}, r"publish\[0\].gce: value of architecture"),
+    ({'target': 'gce', 'gce': {'bucket': 'b'}, 'format': 'raw'},
+     r'publish\[0\].format: target gce cannot take a raw image; it takes gce'),
+    ({'target': 'openstack_glance', 'format': 'vmdk'},
+     r'publish\[0\].format: target openstack_glance needs the vmdk output uncompressed'),
+    ({'target': 'openstack_glance', 'openstack_glance': {'visibilty': 'public'}},
+     r"publish\[0\].openstack_glance.visibilty: unknown key \(did you mean 'visibility'\?\)"),
+    ({'target': 'openstack_glance', 'openstack_auth': {'password': 'x'}},
+     r'publish\[0\].openstack_auth: credentials do not belong in a blueprint'),
     ({'target': 's3', 's3': {'bucket': 'b'}, 'format': 'ova'}, r'publish\[0\].format: the build has no ova output'),
     ({'target': 'aws_ami', 'keep_newest': 0}, r'publish\[0\].keep_newest: 0 keeps nothing'),
     ({'target': 's3', 's3': {'bucket': 'b'}, 'tags': {'a': [1]}}, r'publish\[0\].tags.a: expected a string'),
@@ -209,4 +236,5 @@ def test_cloud_blueprint_publishes_each_target_from_its_output():
         bp = _blueprint.normalise(yaml.safe_load(handle)['blueprint'], fake_hash)
     assert [(e['target'], e['format'], e['name']) for e in bp['publish']] == [
         ('s3', 'qcow2', 'images/debian-12/debian-12-1.0.0.qcow2'), ('aws_ami', 'raw', 'debian-12-1.0.0'),
-        ('azure', 'vhd', 'debian-12-1.0.0')]
+        ('azure', 'vhd', 'debian-12-1.0.0'), ('gce', 'gce', 'debian-12-1-0-0'),
+        ('openstack_glance', 'qcow2', 'debian-12-1.0.0')]

@@ -203,3 +203,43 @@ def test_marks_put_the_digest_and_family_over_the_users_tags() -> None:
                              tags={'team': 'images', _cloud.DIGEST_KEY: 'forged'})
     assert request.marks('d' * 64) == {'team': 'images', _cloud.DIGEST_KEY: 'd' * 64, _cloud.FAMILY_KEY: 'debian-12'}
     assert _cloud.Request(target='s3', name='x').marks('e' * 64) == {_cloud.DIGEST_KEY: 'e' * 64}
+
+
+@pytest.mark.parametrize('name, version, expected', [
+    ('debian-12', '1.0.0', 'debian-12-1.0.0'),
+])
+def test_default_image_name_keeps_what_most_clouds_accept(name: str, version: str, expected: str) -> None:
+    assert _cloud.default_image_name('aws_ami', name, version) == expected
+
+
+@pytest.mark.parametrize('name, version, expected', [
+    ('debian-12', '1.0.0', 'debian-12-1-0-0'),
+    ('Debian_12', '2026.12.07', 'debian-12-2026-12-07'),
+    ('12-base', '1', 'image-12-base-1'),
+    ('x' * 70, '1', 'x' * 63),
+])
+def test_default_image_name_of_gce_is_in_its_alphabet(name: str, version: str, expected: str) -> None:
+    made = _cloud.default_image_name('gce', name, version)
+    assert made == expected
+    _cloud.check_image_name('gce', made)
+
+
+@pytest.mark.parametrize('tags, message', [
+    ({'Team': 'ops'}, r'tags.Team: Google Compute Engine label keys'),
+    ({'team': 'Ops'}, r"tags.team: 'Ops' is not a Google Compute Engine label value"),
+    ({'team': 'x' * 64}, r'tags.team: .* is not a Google Compute Engine label value'),
+    ({'osimage-sha256-1': 'a'}, r'tags.osimage-sha256-1: labels starting with osimage- are the ones cloud_upload sets'),
+])
+def test_gce_labels_are_checked_before_any_call(tags: t.Dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        _cloud.check_tags('gce', tags)
+    _cloud.check_tags('s3', tags)
+
+
+def test_check_request_refuses_a_gce_name_the_api_would_refuse(tmp_path: t.Any) -> None:
+    src = tmp_path / 'disk.tar.gz'
+    src.write_bytes(b'x')
+    with pytest.raises(InvalidInput, match=r"name: 'Debian-12' is not a Google Compute Engine image name"):
+        _cloud.check_request(_cloud.Request(target='gce', name='Debian-12', src=str(src)))
+    with pytest.raises(InvalidInput, match=r"family: 'debian_12' is not a Google Compute Engine image name"):
+        _cloud.check_request(_cloud.Request(target='gce', name='debian-12', family='debian_12', src=str(src)))
