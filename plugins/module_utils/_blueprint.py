@@ -52,6 +52,9 @@ FAMILY_DEFAULTS = {
 OPENBSD_SET_RE = re.compile(r'^(bsd|bsd\.mp|bsd\.rd|(base|comp|man|game|xbase|xshare|xfont|xserv)NN\.tgz)$')
 OPENBSD_DEFAULT_SETS = ['bsd', 'bsd.mp', 'bsd.rd', 'baseNN.tgz', 'compNN.tgz', 'manNN.tgz']
 DISKLABEL_SIZE_RE = re.compile(r'^(\d+(\.\d+)?[KMGT]?)(-(\d+(\.\d+)?[KMGT]?|\*))?$')
+DISKLABEL_UNITS = {'K': 1024, 'M': 1024 ** 2, 'G': 1024 ** 3, 'T': 1024 ** 4}
+# amd64 vmmvar.h VMM_MAX_VM_MEM_SIZE: what vmd gives one VM at most
+VMM_MAX_MEMORY = 128 * 1024 ** 3
 
 NAME_RE = re.compile(r'^[a-z0-9][a-z0-9._-]{0,62}$')
 HOSTNAME_RE = re.compile(r'^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$')
@@ -523,6 +526,29 @@ def _check_openbsd(bp: t.Dict[str, t.Any], osinfo: t.Dict[str, t.Any]) -> None:
             raise InvalidInput('%s.percent: %d is not a percentage 1..100' % (where, part['percent']))
     if bp['disklabel'] and '/' not in mounts:
         raise InvalidInput("disklabel: '/' must be configured (the installer refuses a layout without it)")
+    least = sum(_disklabel_min_bytes(part['size']) for part in bp['disklabel'])
+    if least > bp['vm']['disk_size']:
+        raise InvalidInput('disklabel: the partitions need at least %s, more than vm.disk_size (%s)'
+                           % (_size_text(least), _size_text(bp['vm']['disk_size'])))
+    if bp['vm']['memory'] > VMM_MAX_MEMORY:
+        raise InvalidInput('vm.memory: %s is more than a vmm VM can have (%s)'
+                           % (_size_text(bp['vm']['memory']), _size_text(VMM_MAX_MEMORY)))
+
+
+def _disklabel_min_bytes(size: str) -> int:
+    """The least bytes a disklabel(8) template size asks for: 2G-* and 2G-4G are at least 2G; a bare number is sectors."""
+    match = DISKLABEL_SIZE_RE.match(size)
+    least = match.group(1) if match else '0'
+    if least[-1] in DISKLABEL_UNITS:
+        return int(float(least[:-1]) * DISKLABEL_UNITS[least[-1]])
+    return int(float(least) * 512)
+
+
+def _size_text(value: int) -> str:
+    for unit, factor in (('T', 1024 ** 4), ('G', 1024 ** 3), ('M', 1024 ** 2), ('K', 1024)):
+        if value >= factor:
+            return ('%.1f' % (value / factor)).rstrip('0').rstrip('.') + unit
+    return '%d bytes' % value
 
 
 def normalise(raw: t.Any, hash_password: t.Optional[t.Callable[[str, str], str]] = None,
