@@ -130,8 +130,11 @@ e2e: venv
 	export AWS_ACCESS_KEY_ID=e2e-access-key AWS_SECRET_ACCESS_KEY=e2e-Secret-aws-key AWS_DEFAULT_REGION=us-east-1
 	$(VENV)/bin/ansible-playbook tests/e2e/prepare.yml
 	$(VENV)/bin/ansible-playbook build-image.yml -e @$(E2E_DIR)/blueprint.yml -e osimage_output_dir=$(E2E_DIR)/output \
-	  -e build_image_accel=tcg -e @$(E2E_DIR)/build-vars.yml
+	  -e build_image_accel=tcg -e @$(E2E_DIR)/build-vars.yml 2>&1 | tee $(E2E_DIR)/build-output.log
 	$(VENV)/bin/ansible-playbook tests/e2e/verify.yml
+	# Nothing the build wrote or printed holds a plaintext secret.
+	bash tests/e2e/no_secrets.sh $(E2E_DIR)/blueprint.yml $(E2E_DIR)/build-output.log $(E2E_DIR)/output \
+	  /var/tmp/osimage-builder $(HOME)/.cache/osimage-builder
 	# The OpenBSD vmm flow, through the stand-ins of tests/standins/.
 	bash tests/e2e/openbsd_stand_in.sh
 	echo 2 > $(RESULTS)/e2e.count
