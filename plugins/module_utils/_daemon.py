@@ -8,6 +8,9 @@ small supervisor that is double-forked into its own session. The supervisor
 keeps the program's output in a log file, writes the program's pid, and when
 the program ends writes its exit status - which tells "the guest powered
 itself off" (0) from "qemu failed" (non-zero) or "killed" (negative signal).
+
+Given a build's lease (see _lease), the supervisor also ends the program once
+the lease goes stale - the build that started it is gone - and records that.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ import signal
 import subprocess
 import time
 import typing as t
+
+from ansible_collections.osimage.builder.plugins.module_utils import _lease
+
+LEASE_EXPIRED = 'lease expired'
+# Seconds between SIGTERM and SIGKILL when a lease expires.
+TERM_GRACE = 5.0
 
 
 def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
@@ -47,7 +56,47 @@ def read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
         return None
 
 
-def _supervise(argv: t.List[str], pidfile: str, logfile: str, exitfile: str, report_fd: int) -> None:
+def poll_interval(ttl: float) -> float:
+    return max(0.2, min(2.0, ttl / 6.0))
+
+
+def watch_lease(lease: str, ttl: float, alive: t.Callable[[], bool], on_expired: t.Callable[[], None],
+                clock: t.Callable[[], float] = time.time, sleep: t.Callable[[float], None] = time.sleep,
+                stale: t.Callable[[str, float, float], bool] = _lease.is_stale) -> str:
+    """Wait while alive() holds; call on_expired() once the lease is stale. Returns 'gone' or LEASE_EXPIRED."""
+    interval = poll_interval(ttl)
+    while alive():
+        if stale(lease, ttl, clock()):
+            on_expired()
+            return LEASE_EXPIRED
+        sleep(interval)
+    return 'gone'
+
+
+def end_process(proc: 'subprocess.Popen[bytes]', grace: float = TERM_GRACE) -> int:
+    """SIGTERM, and SIGKILL when it did not end within grace seconds; returns its exit status."""
+    try:
+        proc.terminate()
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def supervise_child(proc: 'subprocess.Popen[bytes]', lease: t.Optional[str], lease_ttl: float,
+                    grace: float = TERM_GRACE) -> t.Dict[str, t.Any]:
+    """Wait for proc; with a lease, end it when the lease expires. Returns the exit record."""
+    if lease:
+        why = watch_lease(lease, lease_ttl, lambda: proc.poll() is None, lambda: end_process(proc, grace))
+        if why == LEASE_EXPIRED:
+            return {'returncode': proc.wait(), 'ended': time.time(), 'reason': LEASE_EXPIRED, 'lease': lease,
+                    'error': 'the build that started it is gone: its lease %s was not refreshed for %g s'
+                             % (lease, lease_ttl)}
+    return {'returncode': proc.wait(), 'ended': time.time()}
+
+
+def _supervise(argv: t.List[str], pidfile: str, logfile: str, exitfile: str, report_fd: int,
+               lease: t.Optional[str] = None, lease_ttl: float = 60.0) -> None:
     _detach([report_fd])
     log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -62,13 +111,17 @@ def _supervise(argv: t.List[str], pidfile: str, logfile: str, exitfile: str, rep
     write_atomic(pidfile, '%d\n' % proc.pid, 0o644)
     os.write(report_fd, b'S')
     os.close(report_fd)
-    returncode = proc.wait()
-    write_atomic(exitfile, json.dumps({'returncode': returncode, 'ended': time.time()}))
+    write_atomic(exitfile, json.dumps(supervise_child(proc, lease, lease_ttl)))
 
 
-def spawn_supervised(argv: t.List[str], pidfile: str, logfile: str, exitfile: str) -> bool:
-    """Start argv under a detached supervisor; True once it was spawned, False if exec failed."""
-    return _double_fork(lambda report_fd: _supervise(argv, pidfile, logfile, exitfile, report_fd)) == b'S'
+def spawn_supervised(argv: t.List[str], pidfile: str, logfile: str, exitfile: str,
+                     lease: t.Optional[str] = None, lease_ttl: float = 60.0) -> bool:
+    """Start argv under a detached supervisor; True once it was spawned, False if exec failed.
+
+    With a lease the supervisor ends argv (SIGTERM, then SIGKILL) once the lease is stale.
+    """
+    return _double_fork(lambda report_fd: _supervise(argv, pidfile, logfile, exitfile, report_fd,
+                                                     lease, lease_ttl)) == b'S'
 
 
 def _double_fork(child: t.Callable[[int], None]) -> bytes:

@@ -15,6 +15,9 @@ the server's name:
   NAME.files/  the `files` option as files (0700 directory, 0600 files); read on
                every request, so new contents are served without a restart
 
+Besides its lifetime, a server started with a build's lease (see _lease) ends
+as soon as that lease goes stale: the build that started it is gone.
+
 The pure parts (request path resolution, Range parsing, the allow check, the
 configuration comparison) are plain functions for the unit tests.
 """
@@ -41,13 +44,13 @@ import typing as t
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-from ansible_collections.osimage.builder.plugins.module_utils import _daemon
+from ansible_collections.osimage.builder.plugins.module_utils import _daemon, _lease
 from ansible_collections.osimage.builder.plugins.module_utils._errors import (
     InvalidInput, OsImageError, WaitTimeout)
 
 NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_.-]{0,63}$')
 # A change of any of these needs a new listening socket or a new server process.
-RESTART_KEYS = ('bind', 'port', 'root', 'token', 'allow', 'once', 'lifetime')
+RESTART_KEYS = ('bind', 'port', 'root', 'token', 'allow', 'once', 'lifetime', 'lease', 'lease_ttl')
 STOP_GRACE = 5.0
 CHUNK = 65536
 _DIGITS = re.compile(r'^[0-9]+$')
@@ -239,7 +242,7 @@ def config_differences(old: t.Dict[str, t.Any], new: t.Dict[str, t.Any]) -> t.Li
             continue
         if key == 'token':
             before, after = bool(before), bool(after)
-        elif key == 'lifetime':
+        elif key in ('lifetime', 'lease_ttl'):
             before, after = float(before or 0), float(after or 0)
         elif key in ('allow', 'once'):
             before, after = sorted(before or []), sorted(after or [])
@@ -495,9 +498,15 @@ class RequestHandler(BaseHTTPRequestHandler):
         return sent
 
 
-def serve_until(server: ResponseServer, lifetime: float, files_dir: str, pidfile: str) -> None:
-    """The daemon's main loop: serve until SIGTERM or the end of its lifetime, then clean up."""
+def serve_until(server: ResponseServer, lifetime: float, files_dir: str, pidfile: str,
+                lease: t.Optional[str] = None, lease_ttl: float = 60.0,
+                clock: t.Callable[[], float] = time.monotonic) -> str:
+    """The daemon's main loop: serve until SIGTERM, the end of its lifetime or of the build's lease; clean up.
+
+    Returns why it stopped: 'signal', 'lifetime', 'lease expired' or 'server ended'.
+    """
     stop: t.List[int] = []
+    why = 'server ended'
 
     def on_signal(signum: int, _frame: t.Any) -> None:
         stop.append(signum)
@@ -507,10 +516,19 @@ def serve_until(server: ResponseServer, lifetime: float, files_dir: str, pidfile
     worker = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.5}, name='serve',
                               daemon=True)
     worker.start()
-    deadline = time.monotonic() + lifetime
+    deadline = clock() + lifetime
     try:
         # The signal handler only records the signal: taking a lock in it could deadlock.
-        while not stop and worker.is_alive() and time.monotonic() < deadline:
+        while worker.is_alive():
+            if stop:
+                why = 'signal'
+                break
+            if clock() >= deadline:
+                why = 'lifetime'
+                break
+            if lease and _lease.is_stale(lease, lease_ttl):
+                why = _daemon.LEASE_EXPIRED
+                break
             time.sleep(0.2)
     finally:
         server.shutdown()
@@ -523,6 +541,7 @@ def serve_until(server: ResponseServer, lifetime: float, files_dir: str, pidfile
                 os.unlink(pidfile)
         except OSError:
             pass
+    return why
 
 
 # -- the module's side ------------------------------------------------------------
@@ -592,6 +611,10 @@ def normalise(params: t.Dict[str, t.Any]) -> t.Tuple[t.Dict[str, t.Any], t.Dict[
         raise InvalidInput('port: %d is not a TCP port (0 picks a free one)' % port)
     if params.get('lifetime', 1) <= 0:
         raise InvalidInput('lifetime: must be more than 0 seconds')
+    lease = os.path.abspath(params['lease']) if params.get('lease') else None
+    lease_ttl = float(params.get('lease_ttl') or 60)
+    if lease and lease_ttl <= 0:
+        raise InvalidInput('lease_ttl: must be more than 0 seconds')
     if (params.get('wait_timeout') or 0) < 0:
         raise InvalidInput('wait_timeout: must not be negative')
     root = params.get('root')
@@ -627,6 +650,8 @@ def normalise(params: t.Dict[str, t.Any]) -> t.Tuple[t.Dict[str, t.Any], t.Dict[
         'allow': parse_allow(params.get('allow') or []),
         'once': sorted({url_path(path, 'once') for path in params.get('once') or []}),
         'lifetime': params.get('lifetime', 21600),
+        'lease': lease,
+        'lease_ttl': lease_ttl if lease else None,
     }
     wait_for: t.List[str] = []
     for path in params.get('wait_for') or []:
@@ -784,6 +809,7 @@ class AutoinstallServer:
         if not os.path.isdir(self.work_dir):
             os.makedirs(self.work_dir, mode=0o700)
         self.stop()
+        build_id = _lease.require_live(spec['lease'], float(spec['lease_ttl'])) if spec.get('lease') else None
         family, address = address_family(spec['bind'], spec['port'])
         log_fd = os.open(self.paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         token = secrets.token_hex(16) if spec['token'] else None
@@ -799,7 +825,8 @@ class AutoinstallServer:
                 log_start = os.fstat(log_fd).st_size
                 self._fresh_files_dir(files)
                 pid = _daemon.daemonize(
-                    lambda: serve_until(server, float(spec['lifetime']), self.paths.files_dir, self.paths.pidfile),
+                    lambda: serve_until(server, float(spec['lifetime']), self.paths.files_dir, self.paths.pidfile,
+                                        spec.get('lease'), float(spec.get('lease_ttl') or 60)),
                     self.paths.pidfile, keep_fds=[server.fileno(), log_fd])
             finally:
                 server.server_close()
@@ -822,6 +849,7 @@ class AutoinstallServer:
             'log_start': log_start,
             'started': _now_iso(started),
             'expires': _now_iso(started + float(spec['lifetime'])),
+            'build_id': build_id,
         }
         _daemon.write_atomic(self.paths.statefile, json.dumps(record, indent=2, sort_keys=True) + '\n', 0o600)
         return record
@@ -851,7 +879,8 @@ class AutoinstallServer:
                    'log': self.paths.log}
         if not alive:
             raise ServeError('wait_for: %s not fetched and the server of %s is no longer running (it ends by '
-                             'itself at %s, see lifetime); %s' % (what, self.name, record.get('expires'), last),
+                             'itself at %s, see lifetime, or when the lease of its build expires); %s'
+                             % (what, self.name, record.get('expires'), last),
                              **context)
         raise WaitTimeout('wait_for: %s not fetched within %g s from %s (fetched so far: %s); %s'
                           % (what, timeout, record.get('url'), ', '.join(fetched) or 'nothing', last), **context)

@@ -15,6 +15,10 @@ socket or log:
   NAME.serial.log  everything the guest wrote on its serial console
   NAME.log         qemu's own stdout/stderr
   NAME.OVMF_VARS.fd  the VM's UEFI variable store (firmware=uefi)
+
+Started with a build's lease, the supervisor ends qemu once the lease goes stale
+(the build was killed); NAME.json names the build and its lease, and NAME.exit
+says "lease expired".
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import socket
 import time
 import typing as t
 
-from ansible_collections.osimage.builder.plugins.module_utils import _accel, _daemon, _qcow2
+from ansible_collections.osimage.builder.plugins.module_utils import _accel, _daemon, _lease, _qcow2
 from ansible_collections.osimage.builder.plugins.module_utils._errors import (
     FailPatternSeen, InvalidInput, ToolMissing, VmError, WaitTimeout)
 from ansible_collections.osimage.builder.plugins.module_utils._patterns import (
@@ -233,8 +237,11 @@ def build_argv(spec: t.Dict[str, t.Any], name: str, paths: VmPaths, accel: str,
 
 class QemuVm:
     def __init__(self, name: str, work_dir: str, spec: t.Dict[str, t.Any], check_mode: bool = False,
-                 probe_timeout: float = 8.0, start_timeout: float = 30.0) -> None:
+                 probe_timeout: float = 8.0, start_timeout: float = 30.0, lease: t.Optional[str] = None,
+                 lease_ttl: float = 60.0) -> None:
         self.name = name
+        self.lease = os.path.abspath(lease) if lease else None
+        self.lease_ttl = float(lease_ttl)
         self.work_dir = os.path.abspath(work_dir)
         self.spec = spec
         self.check_mode = check_mode
@@ -306,8 +313,12 @@ class QemuVm:
             if os.path.lexists(path):
                 os.unlink(path)
 
+    def check_lease(self) -> t.Optional[str]:
+        return _lease.require_live(self.lease, self.lease_ttl) if self.lease else None
+
     def start(self) -> t.Dict[str, t.Any]:
         check_inputs(self.spec)
+        build_id = self.check_lease()
         if not os.path.isdir(self.work_dir):
             os.makedirs(self.work_dir, mode=0o700)
         accel, reports = _accel.choose(self.spec['accel'], self.spec['binary'], self.probe_timeout,
@@ -327,7 +338,8 @@ class QemuVm:
                 port = fixed_port or free_tcp_port(self.spec['ssh_bind'])
             argv = build_argv(self.spec, self.name, self.paths, accel, port, uefi)
             self._cleanup_runtime()
-            _daemon.spawn_supervised(argv, self.paths.pidfile, self.paths.log, self.paths.exitfile)
+            _daemon.spawn_supervised(argv, self.paths.pidfile, self.paths.log, self.paths.exitfile,
+                                     lease=self.lease, lease_ttl=self.lease_ttl)
             try:
                 self._wait_started(argv)
             except VmError as exc:
@@ -337,7 +349,8 @@ class QemuVm:
                     continue
                 raise
             record = {'spec': self.spec, 'accel': accel, 'accel_probe': reports, 'ssh_port': port,
-                      'argv': argv, 'started': time.time(), 'console': self._console_path()}
+                      'argv': argv, 'started': time.time(), 'console': self._console_path(),
+                      'build_id': build_id, 'lease': self.lease, 'lease_ttl': self.lease_ttl if self.lease else None}
             _daemon.write_atomic(self.paths.statefile, _dumps(record))
             return record
         raise t.cast(VmError, last_error)
@@ -446,7 +459,9 @@ class QemuVm:
         record = record or {'returncode': None}
         returncode = record.get('returncode')
         if returncode != 0:
-            if isinstance(returncode, int) and returncode < 0:
+            if record.get('reason') == _daemon.LEASE_EXPIRED:
+                what = 'was ended because its build is gone (the lease %s expired)' % record.get('lease')
+            elif isinstance(returncode, int) and returncode < 0:
                 what = 'was killed by signal %d' % -returncode
             elif returncode is None:
                 what = 'ended without an exit status (its supervisor was killed?)'
@@ -497,6 +512,7 @@ class QemuVmModule:
             'guest_address': USER_NET_GUEST if network_user else None,
             'argv': record.get('argv'),
             'exit_status': exit_record.get('returncode') if exit_record else None,
+            'build_id': record.get('build_id'),
         }
 
     def run(self, state: str, wait: str, wait_timeout: float, stop_timeout: float) -> t.Dict[str, t.Any]:

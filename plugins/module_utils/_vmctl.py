@@ -15,6 +15,10 @@ local interfaces; lib/libutil/fmt_scaled.c for the sizes in the status table.
   OpenBSD's getopt, which does not permute arguments.
 * ``vmctl status`` prints its table on stdout; start and stop report on
   stderr, and exit 1 on any failure.
+
+vmd owns its VMs, so a killed build cannot take them along; a VM started with
+a build's lease gets a small watchdog daemon (see _daemon.watch_lease) that
+runs ``vmctl stop -f NAME`` once the lease is stale and ends when the VM does.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import ipaddress
 import os
 import re
 import shutil
+import subprocess
 import time
 import typing as t
 
+from ansible_collections.osimage.builder.plugins.module_utils import _daemon, _lease
 from ansible_collections.osimage.builder.plugins.module_utils._errors import (
     InvalidInput, ToolError, ToolMissing, VmError, WaitTimeout)
 from ansible_collections.osimage.builder.plugins.module_utils._sizes import parse_size, round_up
@@ -458,6 +464,8 @@ class VmSpec(t.NamedTuple):
     wait_timeout: float = 300
     force: bool = False
     await_exit: bool = False
+    lease: t.Optional[str] = None
+    lease_ttl: float = 60.0
 
     def creation_options(self) -> t.List[str]:
         """Options that only a new VM can take (vmd refuses them for a VM of vm.conf)."""
@@ -561,11 +569,15 @@ def normalise(params: t.Dict[str, t.Any]) -> VmSpec:
     template = params.get('template') or None
     if template is not None:
         check_name(template, 'template')
+    lease = os.path.abspath(params['lease']) if params.get('lease') else None
+    lease_ttl = float(params.get('lease_ttl') or 60)
+    if lease and lease_ttl <= 0:
+        raise InvalidInput('lease_ttl: must be more than 0 seconds')
     return VmSpec(
         name=name, state=state, memory=memory, disks=tuple(disks), cdrom=cdrom, boot=boot, boot_device=boot_device,
         local_interface=local_interface, interfaces=interfaces, switch=switch, template=template,
         local_prefix=str(prefix), wait=params.get('wait') is not False, wait_timeout=float(wait_timeout),
-        force=force, await_exit=await_exit)
+        force=force, await_exit=await_exit, lease=lease, lease_ttl=lease_ttl)
 
 
 def check_files(spec: VmSpec, exists: t.Callable[[str], bool] = os.path.exists) -> None:
@@ -605,7 +617,9 @@ class VmctlVm:
     def __init__(self, run: Runner, binary: str = 'vmctl', check_mode: bool = False,
                  clock: t.Callable[[], float] = time.monotonic,
                  sleep: t.Callable[[float], None] = time.sleep,
-                 exists: t.Callable[[str], bool] = os.path.exists) -> None:
+                 exists: t.Callable[[str], bool] = os.path.exists,
+                 watchdog: t.Optional[t.Callable[[VmSpec], t.Optional[int]]] = None) -> None:
+        self.watchdog = watchdog
         self.recorder = RecordingRun(run)
         self.tool = VmctlTool(self.recorder, binary)
         self.check_mode = check_mode
@@ -668,9 +682,16 @@ class VmctlVm:
             return self._stop(spec, record, remove=False)
         if spec.state == 'absent':
             return self._stop(spec, record, remove=True)
+        watched = bool(spec.lease) and not self.check_mode
+        if watched:
+            _lease.require_live(t.cast(str, spec.lease), spec.lease_ttl)
         if spec.state == 'restarted':
-            return self._restart(spec, record)
-        return self._start(spec, record, before=record, changed=False)
+            result = self._restart(spec, record)
+        else:
+            result = self._start(spec, record, before=record, changed=False)
+        if watched and self.watchdog is not None:
+            result['watchdog_pid'] = self.watchdog(spec)
+        return result
 
     def _stop(self, spec: VmSpec, record: t.Optional[VmRecord], remove: bool) -> t.Dict[str, t.Any]:
         before = record
@@ -804,3 +825,57 @@ class VmctlVm:
                                   % (spec.name, spec.wait_timeout, _describe(record)),
                                   vm=record.to_dict() if record else None, cmd=self.recorder.commands)
             self.sleep(POLL_INTERVAL)
+
+
+# --- the watchdog of a VM started with a build's lease ------------------------------------------------------
+
+def plain_runner(prefix: t.Sequence[str] = ()) -> Runner:
+    """A Runner on subprocess, for the watchdog daemon, which has no AnsibleModule to run commands with."""
+    def run(argv: t.List[str], check_rc: bool = False) -> t.Tuple[int, str, str]:  # pylint: disable=unused-argument
+        try:
+            done = subprocess.run(list(prefix) + list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, check=False)
+        except OSError as exc:
+            return 127, '', str(exc)
+        return done.returncode, done.stdout.decode('utf-8', 'replace'), done.stderr.decode('utf-8', 'replace')
+    return run
+
+
+def watchdog_pidfile(lease: str, name: str) -> str:
+    return os.path.join(os.path.dirname(lease), 'vmctl-%s.watchdog.pid' % name)
+
+
+def watch_vm(tool: VmctlTool, name: str, lease: str, ttl: float,
+             clock: t.Callable[[], float] = time.time, sleep: t.Callable[[float], None] = time.sleep,
+             stale: t.Callable[[str, float, float], bool] = _lease.is_stale) -> str:
+    """The watchdog's loop: "vmctl stop -f NAME" once the lease is stale; returns when the VM is gone."""
+    begun = clock()
+
+    def alive() -> bool:
+        try:
+            record = find_vm(tool.status(), name)
+        except (ToolError, VmError):
+            return False
+        # vmctl start returns before vmd lists the VM; do not take that for its end.
+        return (record is not None and record.up) or clock() - begun < START_GRACE
+
+    def expire() -> None:
+        try:
+            tool.stop(name, force=True)
+        except (ToolError, VmError):
+            pass
+
+    return _daemon.watch_lease(lease, ttl, alive, expire, clock=clock, sleep=sleep, stale=stale)
+
+
+def start_watchdog(spec: VmSpec, binary: str, prefix: t.Sequence[str] = ()) -> t.Optional[int]:
+    """Start the VM's watchdog unless one runs; its pid."""
+    if not spec.lease:
+        return None
+    pidfile = watchdog_pidfile(spec.lease, spec.name)
+    pid = _daemon.read_pid(pidfile)
+    if pid is not None and _daemon.pid_alive(pid):
+        return pid
+    tool = VmctlTool(plain_runner(prefix), binary)
+    lease, ttl = spec.lease, spec.lease_ttl
+    return _daemon.daemonize(lambda: watch_vm(tool, spec.name, lease, ttl), pidfile)

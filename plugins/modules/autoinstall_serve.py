@@ -13,7 +13,8 @@ version_added: 0.1.0
 description:
   - Starts or stops a small HTTP server on the build host that hands an installer or cloud-init its
     response files - OpenBSD C(install.conf), Debian preseed, Ubuntu autoinstall, kickstart, NoCloud seeds.
-  - The server is a daemon that outlives the task, until O(state=stopped) or the end of its O(lifetime).
+  - The server is a daemon that outlives the task, until O(state=stopped), the end of its O(lifetime) or,
+    with O(lease), until the build that started it is gone.
     It answers C(GET) and C(HEAD), single byte C(Range) requests, never lists directories and never serves
     a path outside O(root) (C(..), percent-encoded C(..) and symlinks that lead out of it are refused).
   - Its files live in O(work_dir) under O(name) - C(NAME.pid), C(NAME.json) (configuration and URL),
@@ -21,7 +22,7 @@ description:
     C(NAME.files/), a private directory that holds O(files).
   - Started again with the same options while the server runs, the task changes nothing. If only the contents
     of O(files) differ, they are rewritten without a restart, so the URL stays the same. Other differences in
-    O(bind), O(port), O(root), O(token), O(allow), O(once) or O(lifetime) restart the server.
+    O(bind), O(port), O(root), O(token), O(allow), O(once), O(lifetime), O(lease) or O(lease_ttl) restart the server.
   - The port, the bind address and O(root) are checked before anything starts, so a port held by another
     process or an address that is not on this host is an error of the task.
 author:
@@ -114,6 +115,17 @@ options:
         killed cannot leave it serving forever.
     type: int
     default: 21600
+  lease:
+    description:
+      - Path of the build's lease (see M(osimage.builder.build_lease)). The server then also stops, and removes
+        C(NAME.files/), as soon as the lease was not refreshed for O(lease_ttl) seconds - the build that started
+        it was killed.
+      - A lease that is missing or already stale is an error when the server is to be started.
+    type: path
+  lease_ttl:
+    description: Seconds without a heartbeat after which O(lease) counts as expired.
+    type: float
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -258,6 +270,8 @@ def main() -> None:
             wait_for=dict(type='list', elements='str', default=[]),
             wait_timeout=dict(type='float', default=1800),
             lifetime=dict(type='int', default=21600),
+            lease=dict(type='path'),
+            lease_ttl=dict(type='float', default=60),
         ),
         required_if=[('state', 'started', ('root', 'files'), True)],
         supports_check_mode=True,

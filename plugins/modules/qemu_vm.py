@@ -206,6 +206,18 @@ options:
     type: str
     choices: [reboot, poweroff]
     default: reboot
+  lease:
+    description:
+      - Path of the build's lease (see M(osimage.builder.build_lease)). The VM's supervisor then ends qemu
+        (SIGTERM, then SIGKILL after a few seconds) as soon as the lease was not refreshed for O(lease_ttl)
+        seconds - the build that started the VM is gone - and records C(lease expired) as the reason.
+      - A lease that is missing or already stale is an error when the VM is to be started.
+      - Without it the VM runs until it is stopped or powers off, as before.
+    type: path
+  lease_ttl:
+    description: Seconds without a heartbeat after which O(lease) counts as expired.
+    type: float
+    default: 60
   extra_args:
     description: More qemu arguments, appended as given.
     type: list
@@ -346,6 +358,10 @@ exit_status:
   description: qemu's exit status once the VM has stopped (0 when the guest powered off).
   returned: always
   type: int
+build_id:
+  description: The id of the build whose O(lease) the VM was started with.
+  returned: when the VM was started with O(lease)
+  type: str
 stopped_by:
   description: V(acpi) when the guest shut down after the power button, V(forced) when it was turned off hard.
   returned: when O(state=stopped) stopped the VM
@@ -408,6 +424,8 @@ def main() -> None:
             console=dict(type='str', default='socket', choices=['socket', 'pty']),
             on_reboot=dict(type='str', default='reboot', choices=['reboot', 'poweroff']),
             extra_args=dict(type='list', elements='str', default=[]),
+            lease=dict(type='path'),
+            lease_ttl=dict(type='float', default=60),
         ),
         supports_check_mode=True,
     )
@@ -415,7 +433,8 @@ def main() -> None:
     try:
         spec = normalise(params)
         vm = QemuVm(params['name'], params['work_dir'], spec, check_mode=module.check_mode,
-                    probe_timeout=params['accel_probe_timeout'], start_timeout=params['start_timeout'])
+                    probe_timeout=params['accel_probe_timeout'], start_timeout=params['start_timeout'],
+                    lease=params['lease'], lease_ttl=params['lease_ttl'])
         before = vm.status()
         runner = QemuVmModule(vm, make_fail_on(params['fail_on']))
         result = runner.run(params['state'], params['wait'], params['wait_timeout'], params['stop_timeout'])

@@ -152,6 +152,18 @@ options:
         C(owner) does not.
     type: bool
     default: false
+  lease:
+    description:
+      - Path of the build's lease (see M(osimage.builder.build_lease)). With O(state=started) or
+        O(state=restarted) a small watchdog daemon then runs C(vmctl stop -f) for the VM as soon as the lease was
+        not refreshed for O(lease_ttl) seconds - the build that started the VM is gone - and ends when the VM does.
+        Its pidfile is C(vmctl-NAME.watchdog.pid) next to the lease.
+      - A lease that is missing or already stale is an error.
+    type: path
+  lease_ttl:
+    description: Seconds without a heartbeat after which O(lease) counts as expired.
+    type: float
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -245,6 +257,10 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+watchdog_pid:
+  description: Process id of the VM's watchdog (see O(lease)).
+  returned: when O(lease) was given, outside check mode
+  type: int
 vm:
   description:
     - The VM's row of C(vmctl status) after the task, or null when vmd does not list the VM.
@@ -325,7 +341,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.osimage.builder.plugins.module_utils._errors import OsImageError
 from ansible_collections.osimage.builder.plugins.module_utils._vmctl import (
-    DEFAULT_LOCAL_PREFIX, VmctlVm, find_binary, normalise)
+    DEFAULT_LOCAL_PREFIX, VmctlVm, find_binary, normalise, start_watchdog)
 
 
 def main() -> None:
@@ -352,6 +368,8 @@ def main() -> None:
             await_exit=dict(type='bool', default=False),
             vmctl=dict(type='str', default='vmctl'),
             doas=dict(type='bool', default=False),
+            lease=dict(type='path'),
+            lease_ttl=dict(type='float', default=60),
         ),
         supports_check_mode=True,
     )
@@ -359,14 +377,17 @@ def main() -> None:
         spec = normalise(module.params)
         binary = find_binary(module.params['vmctl'])
         run = module.run_command
+        prefix = []
         if module.params['doas']:
             doas = module.get_bin_path('doas')
             if not doas:
                 module.fail_json(msg='doas: the build host has no doas(1); set doas: false and use become, or run as root')
+            prefix = [doas, '-n']
 
             def run(argv, check_rc=False):  # type: ignore[no-redef]
                 return module.run_command([doas, '-n'] + list(argv), check_rc=check_rc)
-        result = VmctlVm(run, binary, check_mode=module.check_mode).run(spec)
+        result = VmctlVm(run, binary, check_mode=module.check_mode,
+                         watchdog=lambda vm_spec: start_watchdog(vm_spec, binary, prefix)).run(spec)
     except OsImageError as exc:
         module.fail_json(msg=exc.msg, **exc.context)
     if not module._diff:

@@ -237,7 +237,7 @@ def test_normalise(tmp_path, tree):
         tmp_path, root=str(tree), files={'nocloud/meta-data': None, 'nocloud/user-data': '#cloud-config\n'},
         once=['nocloud/user-data', '/nocloud/user-data'], allow=['10.0.2.15'], wait_for=['nocloud/user-data']))
     assert spec == {'bind': '127.0.0.1', 'port': 0, 'root': str(tree), 'token': False, 'allow': ['10.0.2.15/32'],
-                    'once': ['/nocloud/user-data'], 'lifetime': 60}
+                    'once': ['/nocloud/user-data'], 'lifetime': 60, 'lease': None, 'lease_ttl': None}
     assert files == {'nocloud/meta-data': b'', 'nocloud/user-data': b'#cloud-config\n'}
     assert wait_for == ['/nocloud/user-data']
 
@@ -493,3 +493,79 @@ def test_a_pid_without_its_record_is_not_taken_for_the_server(tmp_path):
     assert server.running() is False
     server.stop()
     assert not os.path.exists(server.paths.pidfile)
+
+
+# -- serve_until and the build's lease -------------------------------------------------------------
+
+@pytest.fixture
+def keep_signal_handlers():
+    import signal
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def daemon_parts(tmp_path, tree):
+    files_dir = tmp_path / 'srv.files'
+    files_dir.mkdir()
+    pidfile = tmp_path / 'srv.pid'
+    pidfile.write_text('%d\n' % os.getpid())
+    log_fd = os.open(str(tmp_path / 'srv.log'), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    server = ResponseServer(('127.0.0.1', 0), socket.AF_INET, str(files_dir), str(tree), None, (), (),
+                            str(tmp_path / 'srv.'), log_fd)
+    return server, files_dir, pidfile, log_fd
+
+
+def test_serve_until_stops_when_the_lease_goes_stale(tmp_path, tree, keep_signal_handlers):
+    lease = tmp_path / 'lease'
+    lease.write_text('{"build_id": "b1", "ttl": 1}')
+    server, files_dir, pidfile, log_fd = daemon_parts(tmp_path, tree)
+    port = server.server_address[1]
+    begun = time.monotonic()
+    try:
+        why = _httpserve.serve_until(server, 3600, str(files_dir), str(pidfile), str(lease), 1.0)
+    finally:
+        os.close(log_fd)
+    # The lease was fresh when serving began: it stops about a ttl later, not at once and not after its lifetime.
+    assert why == 'lease expired'
+    assert 0.9 <= time.monotonic() - begun < 5
+    assert not files_dir.exists() and not pidfile.exists()
+    with pytest.raises(OSError):
+        socket.create_connection(('127.0.0.1', port), timeout=1).close()
+
+
+def test_serve_until_keeps_serving_while_the_lease_is_refreshed(tmp_path, tree, keep_signal_handlers):
+    lease = tmp_path / 'lease'
+    lease.write_text('{"build_id": "b1", "ttl": 1}')
+    ticks = iter([0.0] + [0.1 * step for step in range(1, 30)] + [10.0] * 100)
+
+    def clock():
+        # Each check of the loop is a tick; the heartbeat goes on meanwhile, until the lifetime is over.
+        os.utime(str(lease), None)
+        return next(ticks)
+
+    server, files_dir, pidfile, log_fd = daemon_parts(tmp_path, tree)
+    try:
+        why = _httpserve.serve_until(server, 5, str(files_dir), str(pidfile), str(lease), 1.0, clock=clock)
+    finally:
+        os.close(log_fd)
+    assert why == 'lifetime'
+
+
+def test_a_server_is_not_started_on_a_stale_lease(tmp_path):
+    lease = tmp_path / 'lease'
+    lease.write_text('{"build_id": "b1"}')
+    os.utime(str(lease), (time.time() - 100, time.time() - 100))
+    server = _httpserve.AutoinstallServer(str(tmp_path / 'work'), 'seed')
+    spec, files, dummy = _httpserve.normalise(params(tmp_path, lease=str(lease), lease_ttl=6))
+    with pytest.raises(InvalidInput, match='lease: .* is stale'):
+        server.start(spec, files)
+    assert not server.running()
+
+
+def test_a_new_lease_restarts_the_server():
+    assert _httpserve.config_differences(dict(RUNNING, lease=None, lease_ttl=None),
+                                         dict(RUNNING, lease='/w/lease', lease_ttl=6.0)) == ['lease', 'lease_ttl']
+    assert _httpserve.config_differences(dict(RUNNING, lease='/w/lease', lease_ttl=6),
+                                         dict(RUNNING, lease='/w/lease', lease_ttl=6.0)) == []

@@ -142,3 +142,28 @@ def test_killed_qemu_is_an_error(tmp_path):
     (tmp_path / 'deb12.exit').write_text(json.dumps({'returncode': -9}))
     with pytest.raises(_qemu.VmError, match='qemu was killed by signal 9 while the guest was running'):
         vm._check_exit(['last line'])
+
+
+def test_qemu_ended_by_an_expired_lease_says_so(tmp_path):
+    import json
+    spec = _qemu.normalise(params(work_dir=str(tmp_path)))
+    vm = _qemu.QemuVm('deb12', str(tmp_path), spec)
+    (tmp_path / 'deb12.exit').write_text(json.dumps({'returncode': -15, 'reason': 'lease expired',
+                                                     'lease': '/w/b1/lease'}))
+    with pytest.raises(_qemu.VmError, match=r'qemu was ended because its build is gone \(the lease /w/b1/lease '
+                                            r'expired\) while the guest was running'):
+        vm._check_exit([])
+
+
+def test_a_stale_lease_starts_no_qemu(tmp_path):
+    import os
+    import time
+    lease = tmp_path / 'lease'
+    lease.write_text('{"build_id": "b1"}')
+    spec = _qemu.normalise(params(work_dir=str(tmp_path)))
+    live = _qemu.QemuVm('deb12', str(tmp_path), spec, lease=str(lease), lease_ttl=6)
+    assert live.check_lease() == 'b1'
+    os.utime(str(lease), (time.time() - 60, time.time() - 60))
+    with pytest.raises(_qemu.InvalidInput, match='lease: .*/lease is stale'):
+        live.check_lease()
+    assert _qemu.QemuVm('deb12', str(tmp_path), spec).check_lease() is None

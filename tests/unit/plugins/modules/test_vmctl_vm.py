@@ -556,8 +556,10 @@ def test_documentation_matches_the_argument_spec():
     doc = yaml.safe_load(vmctl_vm.DOCUMENTATION)
     assert set(doc['options']) == {
         'name', 'state', 'memory', 'disks', 'cdrom', 'boot', 'boot_device', 'local_interface', 'interfaces',
-        'switch', 'template', 'local_prefix', 'wait', 'wait_timeout', 'force', 'await_exit', 'vmctl', 'doas'}
-    assert set(yaml.safe_load(vmctl_vm.RETURN)) == {'vm', 'console', 'host_address', 'guest_address', 'cmd'}
+        'switch', 'template', 'local_prefix', 'wait', 'wait_timeout', 'force', 'await_exit', 'vmctl', 'doas',
+        'lease', 'lease_ttl'}
+    assert set(yaml.safe_load(vmctl_vm.RETURN)) == {
+        'vm', 'console', 'host_address', 'guest_address', 'cmd', 'watchdog_pid'}
 
 
 def test_doas_prefixes_every_vmctl_call(monkeypatch):
@@ -578,3 +580,51 @@ def test_doas_prefixes_every_vmctl_call(monkeypatch):
     with pytest.raises(SystemExit):
         vmctl_vm.main()
     assert calls and all(call[:3] == ['/usr/bin/doas', '-n', '/usr/sbin/vmctl'] for call in calls)
+
+
+# -- the watchdog of a VM started with a build's lease --------------------------------------------------
+
+def test_watchdog_forces_the_vm_off_once_the_lease_is_stale():
+    clock = Clock()
+    vmctl = ScriptedVmctl([(STATUS, listing(WEB1_RUNNING))] * 3 + [
+        (['vmctl', 'stop', '-f', 'web1'], (0, '', 'stopping vm web1: forced to terminate vm 1\n'))])
+    stale_after = clock.now + 1.5
+    why = _vmctl.watch_vm(_vmctl.VmctlTool(vmctl, 'vmctl'), 'web1', '/w/lease', 6, clock=clock, sleep=clock.sleep,
+                          stale=lambda path, ttl, now: now >= stale_after)
+    assert why == 'lease expired'
+    vmctl.done()
+
+
+def test_watchdog_ends_with_the_vm():
+    clock = Clock()
+    clock.now = 100.0
+    # vmctl start returns before vmd lists the VM, so a missing VM counts as gone only after START_GRACE.
+    vmctl = ScriptedVmctl([(STATUS, listing(WEB1_RUNNING))] + [(STATUS, listing(OTHER))] * 5)
+    why = _vmctl.watch_vm(_vmctl.VmctlTool(vmctl, 'vmctl'), 'web1', '/w/lease', 6, clock=clock, sleep=clock.sleep,
+                          stale=lambda path, ttl, now: False)
+    assert why == 'gone'
+    assert clock.now == 100.0 + _vmctl.START_GRACE
+    vmctl.done()
+
+
+def test_a_vm_started_with_a_lease_gets_a_watchdog(tmp_path):
+    lease = tmp_path / 'lease'
+    lease.write_text('{"build_id": "b1"}')
+    watched = []
+    vmctl = ScriptedVmctl([(STATUS, listing(WEB1_RUNNING))])
+    clock = Clock()
+    machine = _vmctl.VmctlVm(vmctl, 'vmctl', clock=clock, sleep=clock.sleep,
+                             watchdog=lambda spec: watched.append(spec) or 4321)
+    result = machine.run(_vmctl.normalise(params(lease=str(lease), lease_ttl=6)))
+    assert result['watchdog_pid'] == 4321
+    assert [(spec.name, spec.lease, spec.lease_ttl) for spec in watched] == [('web1', str(lease), 6.0)]
+    assert _vmctl.watchdog_pidfile(str(lease), 'web1') == str(tmp_path / 'vmctl-web1.watchdog.pid')
+
+
+def test_a_stale_lease_starts_no_vm(tmp_path):
+    import os
+    import time
+    lease = tmp_path / 'lease'
+    lease.write_text('{"build_id": "b1"}')
+    os.utime(str(lease), (time.time() - 100, time.time() - 100))
+    fails(InvalidInput, [(STATUS, listing())], lease=str(lease), lease_ttl=6, **CREATE)
