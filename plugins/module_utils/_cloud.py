@@ -61,6 +61,8 @@ TARGET_FORMATS = {'s3': None, 'aws_ami': ['raw'], 'azure': ['vhd'], 'gce': ['gce
 # Glance's disk_format of each output format.
 GLANCE_DISK_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'vmdk': 'vmdk', 'vhd': 'vhd', 'vhdx': 'vhdx'}
 CHUNK = 4 * 1024 * 1024
+# HTTP statuses that every cloud API answers for throttling and passing server trouble.
+RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
 
 # The suboptions of each target, shared by the module's argument spec and the blueprint's
 # publish entries (checked when the blueprint is, long before the upload).
@@ -308,6 +310,30 @@ class Session:
             if self.clock() >= deadline:
                 raise WaitTimeout('%s did not happen within wait_timeout (%d s)' % (what, limit))
             self.sleep(min(delay, max(deadline - self.clock(), 0.1)))
+
+
+def class_names(exc: BaseException) -> t.Set[str]:
+    """The names of exc's classes: SDK errors are told apart by name, without importing the SDK."""
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def http_status(exc: BaseException) -> t.Optional[int]:
+    """The HTTP status an SDK's error carries, under whichever attribute that SDK uses."""
+    for name in ('status_code', 'http_status', 'code'):
+        status = getattr(exc, name, None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status
+    status = getattr(getattr(exc, 'response', None), 'status_code', None)
+    return status if isinstance(status, int) else None
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an SDK error's message, for error messages and warnings."""
+    text = getattr(exc, 'message', None)
+    if not text and exc.args and isinstance(exc.args[0], str):
+        text = exc.args[0]   # e.g. google-auth's RefreshError carries (message, response data)
+    text = str(text or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sha256_file(path: str, chunk_size: int = CHUNK,

@@ -34,7 +34,7 @@ import urllib.parse
 
 from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
     CHUNK, DIGEST_KEY, FAMILY_KEY, Backend, CloudError, Conflict, CredentialsError, DigestCheck, DigestMismatch,
-    load_library, newest_first, sha256_file)
+    RETRYABLE_STATUS, class_names, http_status, load_library, newest_first, sha256_file, short_error)
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput, OsImageError
 
 MIB = 1024 * 1024
@@ -60,7 +60,6 @@ IMAGE_NAME_RE = re.compile(r'^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,78}[A-Za-z0-9_])?$'
 RESOURCE_GROUP_RE = re.compile(r'^[-\w._()]{0,89}[-\w_()]$')
 TAG_NAME_FORBIDDEN = set('<>%&\\?/')
 
-RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
 SECRET_HINT = 'azure_secret (or AZURE_SECRET / AZURE_CLIENT_SECRET)'
 PRINCIPAL_HINT = ('azure_client_id, azure_secret and azure_tenant (or AZURE_CLIENT_ID, AZURE_SECRET / '
                   'AZURE_CLIENT_SECRET and AZURE_TENANT / AZURE_TENANT_ID)')
@@ -152,28 +151,12 @@ def image_summary(image: t.Any) -> t.Dict[str, t.Any]:
             'location': data.get('location')}
 
 
-def _status(exc: BaseException) -> t.Optional[int]:
-    status = getattr(exc, 'status_code', None)
-    if status is None:
-        status = getattr(getattr(exc, 'response', None), 'status_code', None)
-    return status if isinstance(status, int) else None
-
-
 def _error_code(exc: BaseException) -> str:
     code = getattr(exc, 'error_code', None)
     if not code:
         error = getattr(exc, 'error', None)
         code = getattr(error, 'code', None)
     return str(getattr(code, 'value', code) or '')
-
-
-def _class_names(exc: BaseException) -> t.Set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, 'message', None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class AzureBackend(Backend):
@@ -294,20 +277,20 @@ class AzureBackend(Backend):
             return False
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
-        names = _class_names(exc)
+        names = class_names(exc)
         if 'ClientAuthenticationError' in names:
             return False
         if names & {'ServiceRequestError', 'ServiceResponseError', 'IncompleteReadError'}:
             # "Bearer token authentication is not permitted for non-TLS" is raised as a ServiceRequestError too.
             return 'non-TLS' not in str(exc)
-        return _status(exc) in RETRYABLE_STATUS
+        return http_status(exc) in RETRYABLE_STATUS
 
     def _error(self, what: str, exc: BaseException) -> OsImageError:
         """The exception an SDK call raised, as the collection's error naming what to fix."""
         if isinstance(exc, OsImageError):
             return exc
-        status, code, text = _status(exc), _error_code(exc), _short(exc)
-        names = _class_names(exc)
+        status, code, text = http_status(exc), _error_code(exc), short_error(exc)
+        names = class_names(exc)
         blob = not what.startswith(('Images.', 'image '))
         if 'AADSTS' in text or 'invalid_client' in text or 'ClientSecretCredential' in text:
             if 'AADSTS7000215' in text or 'AADSTS7000222' in text:
@@ -362,7 +345,7 @@ class AzureBackend(Backend):
             return self.session.call(what, func, *args)
         except Exception as exc:  # pylint: disable=broad-except
             missing_parent = _error_code(exc) in ('ContainerNotFound', 'ResourceGroupNotFound', 'SubscriptionNotFound')
-            if _status(exc) == 404 and not missing_parent:
+            if http_status(exc) == 404 and not missing_parent:
                 return None
             raise self._error(what, exc) from exc
 
@@ -567,9 +550,9 @@ class AzureBackend(Backend):
         try:
             self.session.call('Delete Blob %s' % self.blob_name, blob_client.delete_blob)
         except Exception as exc:  # pylint: disable=broad-except
-            if _status(exc) != 404:
+            if http_status(exc) != 404:
                 self.session.warn('the partial blob %s could not be deleted after %s: %s; delete it by hand'
-                                  % (blob_client.url, _short(cause), _short(exc)))
+                                  % (blob_client.url, short_error(cause), short_error(exc)))
 
     def _create_image(self, blob_url: str, digest: str) -> t.Dict[str, t.Any]:
         req, opts = self.request, self.opts
@@ -610,7 +593,7 @@ class AzureBackend(Backend):
                 self.session.wait_until('image %s to be deleted' % name, poller.done, delay=2.0)
                 poller.result()
             except Exception as exc:  # pylint: disable=broad-except
-                if _status(exc) != 404:
+                if http_status(exc) != 404:
                     raise self._error(what, exc) from exc
 
     # ----- state=absent and state=pruned ---------------------------------------------------------------------
@@ -648,7 +631,7 @@ class AzureBackend(Backend):
             self.session.call('Delete Blob %s' % blob_client.blob_name, blob_client.delete_blob,
                               delete_snapshots='include')
         except Exception as exc:  # pylint: disable=broad-except
-            if _status(exc) != 404:
+            if http_status(exc) != 404:
                 raise self._error('Delete Blob %s' % blob_client.blob_name, exc) from exc
 
     def _own_blob(self, url: t.Optional[str]) -> t.Any:

@@ -34,8 +34,9 @@ import typing as t
 import urllib.parse
 
 from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
-    CHUNK, DIGEST_KEY, FAMILY_KEY, Backend, CloudError, Conflict, CredentialsError, DigestCheck, DigestMismatch,
-    check_image_name, check_tags, load_library, newest_first, sha256_file)
+    CHUNK, DIGEST_KEY, FAMILY_KEY, RETRYABLE_STATUS, Backend, CloudError, Conflict, CredentialsError, DigestCheck,
+    DigestMismatch, check_image_name, check_tags, class_names, http_status, load_library, newest_first, sha256_file,
+    short_error)
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput, OsImageError
 
 SCOPES = ['https://www.googleapis.com/auth/cloud-platform']
@@ -53,7 +54,6 @@ GUEST_OS_FEATURE_RE = re.compile(r'^[A-Z][A-Z0-9_]*$')
 STORAGE_LOCATION_RE = re.compile(r'^[a-z][a-z0-9-]*$')
 GZIP_MAGIC = b'\x1f\x8b'
 LOOPBACK = ('127.0.0.1', '::1', 'localhost')
-RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
 NETWORK_ERRORS = {'ConnectionError', 'Timeout', 'ChunkedEncodingError', 'TransportError', 'ProtocolError',
                   'RemoteDisconnected', 'IncompleteRead'}
 KEY_SOURCE = 'gcp_credentials (or GCP_SERVICE_ACCOUNT_CONTENTS)'
@@ -157,25 +157,6 @@ def operation_error(operation: t.Any) -> t.Optional[str]:
         return None
     return '; '.join('%s: %s' % (e.get('code'), e.get('message')) if e.get('code') else str(e.get('message'))
                      for e in errors)
-
-
-def _status(exc: BaseException) -> t.Optional[int]:
-    code = getattr(exc, 'code', None)
-    if not isinstance(code, int):
-        code = getattr(getattr(exc, 'response', None), 'status_code', None)
-    return int(code) if isinstance(code, int) else None
-
-
-def _class_names(exc: BaseException) -> t.Set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-def _short(exc: BaseException) -> str:
-    text = getattr(exc, 'message', None)
-    if not text and exc.args and isinstance(exc.args[0], str):
-        text = exc.args[0]   # google-auth's RefreshError carries (message, response data)
-    text = str(text or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _CountingReader:
@@ -339,21 +320,21 @@ class GceBackend(Backend):
             return False
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
-        names = _class_names(exc)
+        names = class_names(exc)
         if names & {'RefreshError', 'DefaultCredentialsError', 'DataCorruption'}:
             return False
         if names & NETWORK_ERRORS:
             return True
         if 'GoogleAPICallError' in names or 'InvalidResponse' in names:
-            return _status(exc) in RETRYABLE_STATUS
+            return http_status(exc) in RETRYABLE_STATUS
         return False
 
     def _error(self, what: str, exc: BaseException) -> OsImageError:
         """The exception an SDK call raised, as the collection's error naming what to fix."""
         if isinstance(exc, OsImageError):
             return exc
-        names = _class_names(exc)
-        status, text = _status(exc), _short(exc)
+        names = class_names(exc)
+        status, text = http_status(exc), short_error(exc)
         storage = not what.startswith(('Images.', 'GlobalOperations.', 'image '))
         if 'RefreshError' in names:
             return CredentialsError('%s: the token endpoint refused the credentials of %s: %s'
@@ -388,7 +369,7 @@ class GceBackend(Backend):
         try:
             return self.session.call(what, func, *args, **kwargs)
         except Exception as exc:  # pylint: disable=broad-except
-            if _status(exc) == 404 and not isinstance(exc, OsImageError):
+            if http_status(exc) == 404 and not isinstance(exc, OsImageError):
                 return None
             raise self._error(what, exc) from exc
 
@@ -415,7 +396,7 @@ class GceBackend(Backend):
                     else:
                         credentials, project = auth.default(scopes=SCOPES)
                 except Exception as exc:  # pylint: disable=broad-except
-                    if 'DefaultCredentialsError' in _class_names(exc) or isinstance(exc, ValueError):
+                    if 'DefaultCredentialsError' in class_names(exc) or isinstance(exc, ValueError):
                         raise self._error('credentials', exc) from None
                     raise
             self._credentials = (credentials, project)
@@ -587,15 +568,15 @@ class GceBackend(Backend):
             self.session.call('Objects.Delete %s' % self.object_name, bucket.delete_blob, self.object_name,
                               retry=None, timeout=CALL_TIMEOUT)
         except Exception as exc:  # pylint: disable=broad-except
-            if _status(exc) != 404:
+            if http_status(exc) != 404:
                 self.session.warn('the object %s could not be deleted after %s: %s; delete it by hand'
-                                  % (object_url(self.opts['bucket'], self.object_name), _short(cause), _short(exc)))
+                                  % (object_url(self.opts['bucket'], self.object_name), short_error(cause), short_error(exc)))
 
     def _delete_object(self, bucket: t.Any, name: str) -> None:
         try:
             self.session.call('Objects.Delete %s' % name, bucket.delete_blob, name, retry=None, timeout=CALL_TIMEOUT)
         except Exception as exc:  # pylint: disable=broad-except
-            if _status(exc) != 404:
+            if http_status(exc) != 404:
                 raise self._error('Objects.Delete %s' % name, exc) from exc
 
     # ----- state=present -------------------------------------------------------------------------------------

@@ -34,10 +34,9 @@ import urllib.parse
 
 from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
     CHUNK, DIGEST_KEY, FAMILY_KEY, GLANCE_DISK_FORMATS, Backend, CloudError, Conflict, CredentialsError, DigestCheck,
-    DigestMismatch, load_library, newest_first, sha256_file)
+    DigestMismatch, RETRYABLE_STATUS, class_names, http_status, load_library, newest_first, sha256_file, short_error)
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput, OsImageError
 
-RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
 # Status names of an image whose data never arrived completely (Glance API v2, "Image statuses").
 INCOMPLETE = ('queued', 'saving', 'uploading', 'importing', 'killed')
 FAILED = ('killed', 'deleted', 'pending_delete', 'deactivated')
@@ -88,24 +87,6 @@ def response_message(response: t.Any) -> str:
     if reason.strip() and text.startswith(reason.strip()):
         text = text[len(reason.strip()):].strip(' :')
     return text[:500] or 'HTTP %d' % response.status_code
-
-
-def _status(exc: BaseException) -> t.Optional[int]:
-    for name in ('status_code', 'http_status'):
-        status = getattr(exc, name, None)
-        if isinstance(status, int):
-            return status
-    status = getattr(getattr(exc, 'response', None), 'status_code', None)
-    return status if isinstance(status, int) else None
-
-
-def _class_names(exc: BaseException) -> t.Set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, 'message', None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def property_value(where: str, key: str, value: t.Any) -> str:
@@ -248,19 +229,19 @@ class GlanceBackend(Backend):
             return False
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
-        names = _class_names(exc)
+        names = class_names(exc)
         if names & {'ConnectFailure', 'ConnectTimeout', 'RetriableConnectionFailure', 'UnknownConnectionError'}:
             return True
         if names & {'SSLError', 'Unauthorized', 'MissingRequiredOptions', 'ConfigException', 'EndpointNotFound'}:
             return False
-        return _status(exc) in RETRYABLE_STATUS
+        return http_status(exc) in RETRYABLE_STATUS
 
     def _error(self, what: str, exc: BaseException) -> OsImageError:
         """The exception an SDK or API call raised, as the collection's error naming what to fix."""
         if isinstance(exc, OsImageError):
             return exc
-        names = _class_names(exc)
-        status, text = _status(exc), _short(exc)
+        names = class_names(exc)
+        status, text = http_status(exc), short_error(exc)
         creds = self.request.credentials
         if 'ConfigException' in names:
             return CredentialsError('openstack_cloud: %s; name a cloud of clouds.yaml (OS_CLIENT_CONFIG_FILE or '
@@ -411,7 +392,7 @@ class GlanceBackend(Backend):
             self._delete({'id': image_id})
         except OsImageError as exc:
             self.session.warn('image %s could not be deleted after %s: %s; delete it by hand'
-                              % (image_id, _short(cause), exc.msg))
+                              % (image_id, short_error(cause), exc.msg))
 
     # ----- state=present -------------------------------------------------------------------------------------
 

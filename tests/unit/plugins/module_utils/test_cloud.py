@@ -243,3 +243,27 @@ def test_check_request_refuses_a_gce_name_the_api_would_refuse(tmp_path: t.Any) 
         _cloud.check_request(_cloud.Request(target='gce', name='Debian-12', src=str(src)))
     with pytest.raises(InvalidInput, match=r"family: 'debian_12' is not a Google Compute Engine image name"):
         _cloud.check_request(_cloud.Request(target='gce', name='debian-12', family='debian_12', src=str(src)))
+
+
+def test_http_status_and_short_error_read_each_sdks_attributes() -> None:
+    class Response:
+        status_code = 503
+
+    class AzureLike(Exception):
+        status_code = 429
+
+    class OpenStackLike(Exception):
+        http_status = 500
+
+    class GoogleLike(Exception):
+        code = 404
+
+    class WithResponse(Exception):
+        response = Response()
+
+    assert [_cloud.http_status(e) for e in (AzureLike(), OpenStackLike(), GoogleLike(), WithResponse(), ValueError())] == [
+        429, 500, 404, 503, None]
+    assert _cloud.short_error(ValueError('first line\nsecond')) == 'first line'
+    assert _cloud.short_error(ValueError('refused', {'error': 'invalid_grant'})) == 'refused'
+    assert _cloud.short_error(ValueError()) == 'ValueError'
+    assert 'ValueError' in _cloud.class_names(ValueError()) and 'Exception' in _cloud.class_names(ValueError())
