@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput
 from ansible_collections.osimage.builder.plugins.module_utils._formats import FORMATS, extension
+from ansible_collections.osimage.builder.plugins.module_utils._qemu import MAX_SOCKET_PATH, longest_socket_path
 from ansible_collections.osimage.builder.plugins.module_utils._sizes import human_size
 
 # How much of vm.disk_size an output is assumed to take: an uncompressed image holds
@@ -134,6 +135,16 @@ def check_disk(disk_size: int, field: str, work_root: str, total: t.Optional[int
     if disk_size > total:
         raise InvalidInput('%s: %s is more than the whole file system of the work directory %s holds (%s)'
                            % (field, human_size(disk_size), work_root, human_size(total)))
+
+
+def check_socket_paths(work_root: str, work_dir: str, names: t.List[str], field: str) -> None:
+    """qemu's console and QMP sockets live in the build's work directory: their paths must fit a unix address."""
+    name, longest = max(((name, longest_socket_path(work_dir, name)) for name in names), key=lambda pair: len(pair[1]))
+    if len(longest) > MAX_SOCKET_PATH:
+        raise InvalidInput('%s: %s is too long: the VM %r would have the socket %s, %d bytes, and unix socket '
+                           'paths hold at most %d; use a work root at most %d bytes long'
+                           % (field, work_root, name, longest, len(longest), MAX_SOCKET_PATH,
+                              len(work_root) - (len(longest) - MAX_SOCKET_PATH)))
 
 
 def check_port(port: int, field: str, bind: str = '127.0.0.1') -> None:

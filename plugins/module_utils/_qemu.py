@@ -98,18 +98,32 @@ def free_tcp_port(bind: str) -> int:
         return sock.getsockname()[1]
 
 
-def normalise(params: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
-    """Check the options and bring them into the form stored with a running VM."""
+def longest_socket_path(work_dir: str, name: str) -> str:
+    """The longer of the VM's console and QMP socket paths (a unix address holds MAX_SOCKET_PATH bytes)."""
+    paths = vm_paths(os.path.abspath(work_dir), name)
+    return max(paths.console, paths.qmp, key=len)
+
+
+def check_socket_paths(work_dir: str, name: str) -> None:
+    longest = longest_socket_path(work_dir, name)
+    if len(longest) > MAX_SOCKET_PATH:
+        raise InvalidInput('work_dir: %s is too long for unix socket paths (%s is %d bytes, the limit is %d); '
+                           'use a shorter work_dir or name' % (work_dir, longest, len(longest), MAX_SOCKET_PATH))
+
+
+def normalise(params: t.Dict[str, t.Any], sockets: bool = True) -> t.Dict[str, t.Any]:
+    """Check the options and bring them into the form stored with a running VM.
+
+    SOCKETS false skips the socket path check: a VM is only stopped or removed, and
+    none can have been started in a directory whose socket paths do not fit.
+    """
     name = params['name']
     if not NAME_RE.match(name or ''):
         raise InvalidInput('name: %r must start with a letter and hold only letters, digits, ".", "-" '
                            'and "_" (at most 64 characters)' % name)
     work_dir = os.path.abspath(params['work_dir'])
-    paths = vm_paths(work_dir, name)
-    if len(paths.console) > MAX_SOCKET_PATH or len(paths.qmp) > MAX_SOCKET_PATH:
-        raise InvalidInput('work_dir: %s is too long for unix socket paths (%s is %d bytes, the limit is %d); '
-                           'use a shorter work_dir or name' % (work_dir, paths.console, len(paths.console),
-                                                               MAX_SOCKET_PATH))
+    if sockets:
+        check_socket_paths(work_dir, name)
     spec = {key: params.get(key) for key in SPEC_KEYS}
     spec['memory'] = round_up(parse_size(params['memory'], 'memory', minimum=16 * MIB), MIB) // MIB
     if params['cpus'] < 1:

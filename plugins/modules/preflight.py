@@ -42,6 +42,12 @@ options:
     description: Directory that will hold the build's work directory; it need not exist yet.
     type: path
     required: true
+  work_dir:
+    description:
+      - The build's work directory below O(work_root). For a qemu build the VMs C(vm) and C(test) keep their
+        console and QMP sockets there, and each socket path must fit the 103 bytes a unix socket address holds.
+      - Not checked when omitted.
+    type: path
   work_field:
     description: How messages name O(work_root).
     type: str
@@ -135,6 +141,7 @@ def main() -> None:
             output_dir=dict(type='path', required=True),
             output_field=dict(type='str', default='osimage_output_dir'),
             work_root=dict(type='path', required=True),
+            work_dir=dict(type='path'),
             work_field=dict(type='str', default='build_image_work_root'),
             check_space=dict(type='bool', default=True),
             check_mirrors=dict(type='bool', default=True),
@@ -154,6 +161,8 @@ def main() -> None:
     try:
         preflight.check_writable_dir(params['output_dir'], params['output_field'])
         preflight.check_writable_dir(params['work_root'], params['work_field'])
+        if params['work_dir'] and bp.get('hypervisor', 'qemu') == 'qemu':
+            preflight.check_socket_paths(params['work_root'], params['work_dir'], ['vm', 'test'], params['work_field'])
         free = preflight.free_bytes(preflight.nearest_existing(params['output_dir']))
         need = sum(size for _name, size in preflight.output_estimate(vm['disk_size'], bp['outputs']))
         if params['check_space']:

@@ -431,7 +431,7 @@ def main() -> None:
     )
     params = module.params
     try:
-        spec = normalise(params)
+        spec = normalise(params, sockets=params['state'] in ('started', 'restarted'))
         vm = QemuVm(params['name'], params['work_dir'], spec, check_mode=module.check_mode,
                     probe_timeout=params['accel_probe_timeout'], start_timeout=params['start_timeout'],
                     lease=params['lease'], lease_ttl=params['lease_ttl'])

@@ -183,3 +183,15 @@ def test_the_mirrors_a_blueprint_names_are_probed_where_the_build_fetches_from()
                                     'http://s.example/debian-security/dists/bookworm-security/Release'])]
     # the build host's own apt sources are not probed
     assert not _preflight.mirror_probes(_blueprint.normalise({'name': 't', 'os': 'debian-12'}))
+
+
+def test_a_work_root_too_deep_for_the_vm_sockets_says_how_long_it_may_be():
+    root = '/' + 'r' * 78
+    _preflight.check_socket_paths(root, root + '/0123456789', ['vm', 'test'], 'build_image_work_root')
+    root = '/' + 'r' * 90
+    with pytest.raises(InvalidInput) as exc:
+        _preflight.check_socket_paths(root, root + '/0123456789', ['vm', 'test'], 'build_image_work_root')
+    longest = root + '/0123456789/test.console'
+    assert exc.value.msg == ("build_image_work_root: %s is too long: the VM 'test' would have the socket %s, %d bytes, "
+                             "and unix socket paths hold at most 103; use a work root at most %d bytes long"
+                             % (root, longest, len(longest), 91 - (len(longest) - 103)))

@@ -167,3 +167,13 @@ def test_a_stale_lease_starts_no_qemu(tmp_path):
     with pytest.raises(_qemu.InvalidInput, match='lease: .*/lease is stale'):
         live.check_lease()
     assert _qemu.QemuVm('deb12', str(tmp_path), spec).check_lease() is None
+
+
+def test_a_work_dir_too_long_for_the_sockets_is_refused_only_when_a_vm_would_start():
+    deep = '/' + 'd' * 100
+    with pytest.raises(InvalidInput) as caught:
+        _qemu.normalise(params(work_dir=deep))
+    assert caught.value.msg == ('work_dir: %s is too long for unix socket paths (%s/deb12.console is 115 bytes, '
+                                'the limit is 103); use a shorter work_dir or name' % (deep, deep))
+    # Stopping or removing: nothing can have been started there, so nothing to refuse.
+    assert _qemu.normalise(params(work_dir=deep), sockets=False)['cpus'] == 2
