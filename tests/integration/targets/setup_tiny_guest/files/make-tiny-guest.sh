@@ -16,7 +16,8 @@
 #     -kernel OUTDIR/vmlinuz -initrd OUTDIR/initrd.img \
 #     -append "console=ttyS0 panic=-1 quiet tiny.mode=answer" \
 #     -drive file=disk.raw,format=raw,if=virtio
-# tiny.mode = answer (default) | panic | silent | poweroff  -- see /init below.
+# tiny.mode = answer (default) | panic | silent | poweroff | nospace | aierror
+#   -- see /init below.
 set -eu
 
 PROG=make-tiny-guest
@@ -158,6 +159,12 @@ cat > "$ROOT/init" <<'INIT_EOF'
 #   panic             real kernel panic via sysrq
 #   silent            print one line, then sleep forever
 #   poweroff          print one line, power off
+#   nospace           say "failing in 5 s", wait 5 s, print 60 numbered lines, then
+#                     fill a 1 MiB tmpfs with dd: the kernel's real ENOSPC, as busybox
+#                     dd reports it ("No space left on device"); then sleep forever
+#   aierror           the same, ending with the message OpenBSD's install.sub prints
+#                     when install.conf lacks an answer (err_exit in install.sub:
+#                     'Question has no answer in response file: "..."'); then sleep
 export PATH=/bin:/sbin
 umask 022
 
@@ -248,6 +255,19 @@ main() {
             echo c > /proc/sysrq-trigger ;;
         silent)
             echo "tiny guest: silent"
+            while :; do sleep 3600; done ;;
+        nospace|aierror)
+            echo "tiny guest: failing in 5 s"
+            sleep 5
+            i=1
+            while [ "$i" -le 60 ]; do echo "tiny guest: line $i"; i=$((i + 1)); done
+            if [ "$mode" = nospace ]; then
+                mkdir -p /full
+                mount -t tmpfs -o size=1m tmpfs /full
+                dd if=/dev/zero of=/full/fill bs=64k count=64
+            else
+                printf '\nQuestion has no answer in response file: "%s"\n' "what timezone are you in?"
+            fi
             while :; do sleep 3600; done ;;
         poweroff)
             echo "tiny guest: powering off"
