@@ -196,6 +196,15 @@ class ProcessTable:
             return False
         return start is None or info.start == start
 
+    def pids(self) -> t.List[int]:
+        """Every process id; empty without /proc (the orphans of a playbook are then not looked for)."""
+        if not self.has_proc():
+            return []
+        try:
+            return [int(name) for name in os.listdir(self.proc_root) if name.isdigit()]
+        except OSError:
+            return []
+
     def ancestors(self, pid: int) -> t.List[ProcInfo]:
         """pid's parent, its parent and so on up to (not including) init."""
         chain: t.List[ProcInfo] = []
@@ -237,12 +246,89 @@ def choose_anchor(chain: t.Sequence[ProcInfo]) -> t.Optional[ProcInfo]:
     return None
 
 
+def _started_after(start: str, reference: t.Optional[str]) -> bool:
+    """Whether a /proc start time (clock ticks since boot) is not before reference."""
+    return bool(reference) and start.isdigit() and str(reference).isdigit() and int(start) >= int(str(reference))
+
+
+def orphaned_workers(table: ProcessTable, cmdline: t.Sequence[str], start: t.Optional[str],
+                     exclude: t.Iterable[int] = ()) -> t.List[ProcInfo]:
+    """The task workers a gone ansible-playbook left running.
+
+    ansible's workers call setsid(), so neither the end of ansible-playbook nor a SIGKILL of its
+    process group (ansible-runner's cancel) reaches them: the worker of the current task goes on
+    until that task ends - a wait for SSH of minutes, a disk being made, an export. Workers are
+    forks of ansible-playbook and keep its command line; they started after it, and with it gone
+    no ansible-playbook is their parent. Another build's workers with the same command line have
+    their live ansible-playbook as parent; the anchors in exclude (those of the other builds'
+    leases) are never taken. Only on hosts with /proc, where start times compare.
+    """
+    wanted = tuple(cmdline)
+    if not wanted or not is_playbook(wanted):
+        return []
+    skip = set(exclude)
+    found = []
+    for pid in table.pids():
+        if pid in skip:
+            continue
+        info = table.info(pid)
+        if info is None or info.zombie or info.cmdline != wanted or not _started_after(info.start, start):
+            continue
+        parent = table.info(info.ppid)
+        if parent is not None and not parent.zombie and is_playbook(parent.cmdline):
+            continue
+        found.append(info)
+    return found
+
+
+def other_anchors(work_root: str, own: str) -> t.Set[int]:
+    """The anchor pids in the leases of the other builds under work_root."""
+    pids = set()
+    try:
+        names = os.listdir(work_root)
+    except OSError:
+        return pids
+    for name in names:
+        path = os.path.join(work_root, name, LEASE_FILE)
+        if os.path.abspath(path) == os.path.abspath(own):
+            continue
+        pid = (read(path) or {}).get('anchor_pid')
+        if isinstance(pid, int):
+            pids.add(pid)
+    return pids
+
+
+def end_orphans(table: ProcessTable, cmdline: t.Sequence[str], start: t.Optional[str], exclude: t.Iterable[int] = (),
+                kill: t.Callable[[int, int], None] = os.kill, sleep: t.Callable[[float], None] = time.sleep,
+                wait: float = 5.0) -> t.List[int]:
+    """SIGTERM the orphaned workers (a worker passes it on to its task's processes, as when ansible-playbook
+    itself is interrupted), SIGKILL what is left after wait seconds. Returns the pids signalled."""
+    orphans = orphaned_workers(table, cmdline, start, exclude)
+    for info in orphans:
+        try:
+            kill(info.pid, signal.SIGTERM)
+        except OSError:
+            pass
+    waited = 0.0
+    while waited < wait and any(table.alive(info.pid, info.start) for info in orphans):
+        sleep(0.1)
+        waited += 0.1
+    for info in orphans:
+        if table.alive(info.pid, info.start):
+            try:
+                kill(info.pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return [info.pid for info in orphans]
+
+
 # -- the keeper ------------------------------------------------------------------------------------
 
 
 def keep(path: str, build_id: str, ttl: float, anchor_pid: int, anchor_start: t.Optional[str],
          table: t.Optional[ProcessTable] = None, sleep: t.Callable[[float], None] = time.sleep,
-         grace: float = 0.0, clock: t.Callable[[], float] = time.monotonic) -> str:
+         grace: float = 0.0, clock: t.Callable[[], float] = time.monotonic,
+         anchor_cmdline: t.Sequence[str] = (), kill: t.Callable[[int, int], None] = os.kill) -> str:
     """The keeper's loop: refresh the lease while the anchor lives. Returns why it stopped.
 
     It stops when the anchor is gone (the lease then goes stale), and when the lease was
@@ -250,6 +336,8 @@ def keep(path: str, build_id: str, ttl: float, anchor_pid: int, anchor_start: t.
     With grace, it goes on refreshing for that many seconds after the anchor is gone: an
     sshd session also ends when the controller merely left the build host idle for longer
     than ControlPersist, and the build's next stage starts a keeper with the new session.
+    When the anchor was an ansible-playbook (anchor_cmdline), its workers that live on are
+    ended (see orphaned_workers) - unless the lease was taken over or kept meanwhile.
     """
     table = table or ProcessTable()
     me = os.getpid()
@@ -259,6 +347,12 @@ def keep(path: str, build_id: str, ttl: float, anchor_pid: int, anchor_start: t.
             if gone_since is None:
                 gone_since = clock()
             if clock() - gone_since >= grace:
+                data = read(path)
+                if data is not None and data.get('build_id') == build_id and data.get('keeper_pid') in (None, me) \
+                        and not data.get('kept'):
+                    work_root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+                    end_orphans(table, anchor_cmdline, anchor_start, other_anchors(work_root, path) | {me},
+                                kill, sleep)
                 return 'anchor gone'
         data = read(path)
         if data is None or data.get('build_id') != build_id or data.get('keeper_pid') not in (None, me):
@@ -296,14 +390,33 @@ def find_leases(work_root: str, now: t.Optional[float] = None) -> t.List[t.Dict[
             state = 'stale'
         else:
             state = 'live'
+        build_id = (data or {}).get('build_id') or build.get('id') or name
         found.append({
             'work_dir': work_dir,
-            'build_id': (data or {}).get('build_id') or build.get('id') or name,
+            'build_id': build_id,
             'hypervisor': build.get('hypervisor'),
             'lease': state,
             'age': None if seconds is None else round(seconds, 1),
+            'staging_dir': staging_dir(build, build_id),
         })
     return found
+
+
+def staging_dir(build: t.Dict[str, t.Any], build_id: str) -> t.Optional[str]:
+    """The hidden directory in the output directory that the build's export went to, from its marker.
+
+    A killed build leaves its unfinished export there (.NAME-VERSION.ID.partial); only a path
+    of that form, naming this very build, is returned - whatever else a marker says is never
+    taken for something to remove.
+    """
+    path = build.get('staging_dir')
+    if not isinstance(path, str) or not os.path.isabs(path) or not build_id:
+        return None
+    base = os.path.basename(path)
+    if os.path.normpath(path) != path or not (base.startswith('.') and base.endswith('.%s.partial' % build_id)) \
+            or len(base) <= len('..%s.partial' % build_id):
+        return None
+    return path
 
 
 # -- the build_lease module's state machine ------------------------------------------------------------
@@ -399,7 +512,11 @@ class BuildLease:
         grace = 0.0 if anchor_pid or is_playbook(anchor.cmdline) else max(remote_grace, 0.0)
         fresh['grace'] = grace
         write(self.path, fresh)
-        pid = self.daemonize(lambda: keep(path, build_id, ttl, anchor.pid, anchor.start, table, grace=grace),
+        # A given anchor_pid is whatever the caller chose; only an ansible-playbook found above the task
+        # has workers to end.
+        workers_of = anchor.cmdline if not anchor_pid and is_playbook(anchor.cmdline) else ()
+        pid = self.daemonize(lambda: keep(path, build_id, ttl, anchor.pid, anchor.start, table, grace=grace,
+                                          anchor_cmdline=workers_of),
                              self.keeper_pidfile)
         keeper = self.table.info(pid) if pid else None
         if keeper is None:

@@ -167,6 +167,12 @@ builds:
     age:
       description: Seconds since the lease's last heartbeat, or null.
       type: float
+    staging_dir:
+      description:
+        - The hidden directory C(.NAME-VERSION.ID.partial) in the output directory that the build exports to
+          before its export is tested and moved into place, as its C(osimage-build.json) says, or null.
+        - Only a path of that form naming the build's own id is returned.
+      type: str
 dead:
   description: The work directories of the builds whose lease is V(stale).
   returned: when O(state=query)

@@ -260,6 +260,37 @@ def test_find_leases(tmp_path):
     assert _lease.find_leases(str(tmp_path / 'missing')) == []
 
 
+@pytest.mark.parametrize('marked, expected', [
+    # what build_image writes: the hidden staging directory named after the build
+    ('/srv/out/.deb-1.0.partial', None),
+    ('/srv/out/.deb-1.0.b7.partial', '/srv/out/.deb-1.0.b7.partial'),
+    # never the output directory itself, another build's staging, a relative or a roundabout path
+    ('/srv/out/deb-1.0', None),
+    ('/srv/out/.deb-1.0.b8.partial', None),
+    ('out/.deb-1.0.b7.partial', None),
+    ('/srv/out/../.deb-1.0.b7.partial', None),
+    ('/srv/out/..b7.partial', None),
+    ('/', None),
+    (42, None),
+])
+def test_find_leases_names_the_staging_directory_of_the_build(tmp_path, marked, expected):
+    work = tmp_path / 'work' / 'b7'
+    work.mkdir(parents=True)
+    (work / 'osimage-build.json').write_text(json.dumps({'id': 'b7', 'hypervisor': 'qemu', 'staging_dir': marked}))
+    make_lease(work / 'lease', 100, build_id='b7')
+    [found] = _lease.find_leases(str(tmp_path / 'work'))
+    assert found['lease'] == 'stale'
+    assert found['staging_dir'] == expected
+
+
+def test_find_leases_of_a_marker_without_staging_directory(tmp_path):
+    work = tmp_path / 'work' / 'b7'
+    work.mkdir(parents=True)
+    (work / 'osimage-build.json').write_text(json.dumps({'id': 'b7'}))
+    [found] = _lease.find_leases(str(tmp_path / 'work'))
+    assert found['staging_dir'] is None
+
+
 # -- build_lease's state machine -----------------------------------------------------------------
 
 class FakeTable(ProcessTable):
@@ -339,3 +370,80 @@ def test_kept_ends_the_keeper_and_keeps_the_lease_valid(tmp_path):
     os.utime(lease.path, (time.time() - 3600, time.time() - 3600))
     assert not _lease.is_stale(lease.path, 6)
     assert not lease.keep_for_debugging()['changed']
+
+
+# -- the workers a killed ansible-playbook leaves --------------------------------------------------
+
+PLAYBOOK = ['/usr/bin/python3', '/usr/bin/ansible-playbook', 'build-image.yml', '-e', '@bp.yml']
+# ansible-playbook 1000 (started at tick 200) was killed; its workers called setsid() and live on.
+AFTER_A_KILL = {
+    # the worker of the task that ran, reparented to init, and its module
+    1100: (1, '300', PLAYBOOK),
+    1101: (1100, '301', ['/bin/sh', '-c', 'python3 AnsiballZ_debian_bootstrap.py']),
+    # another build with the same command line: its live playbook and that one's worker
+    2000: (1, '250', PLAYBOOK),
+    2100: (2000, '260', PLAYBOOK),
+    # an older process with the same command line, one with another, a zombie worker
+    1160: (1, '150', PLAYBOOK),
+    1170: (1, '310', ['/usr/bin/python3', '/usr/bin/ansible-playbook', 'other.yml']),
+    1180: (1, '320', PLAYBOOK, 'Z'),
+}
+
+
+def test_the_orphaned_workers_of_a_killed_playbook(tmp_path):
+    table = fake_proc(tmp_path / 'proc', AFTER_A_KILL)
+    found = _lease.orphaned_workers(table, PLAYBOOK, '200', exclude={2000})
+    assert [info.pid for info in found] == [1100]
+    # without the other build's lease its playbook would look orphaned too: it is why leases are read
+    assert sorted(info.pid for info in _lease.orphaned_workers(table, PLAYBOOK, '200')) == [1100, 2000]
+    # an anchor that is no ansible-playbook (sshd session, a given anchor_pid) has no workers to end
+    assert _lease.orphaned_workers(table, ['sshd: builder@notty'], '200') == []
+    assert _lease.orphaned_workers(table, (), '200') == []
+
+
+def test_ending_the_orphans_terms_then_kills(tmp_path):
+    table = fake_proc(tmp_path / 'proc', AFTER_A_KILL)
+    signals = []
+
+    def kill(pid, signum):
+        signals.append((pid, signum))
+
+    ended = _lease.end_orphans(table, PLAYBOOK, '200', {2000}, kill, lambda s: None, wait=1.0)
+    assert ended == [1100]
+    assert signals == [(1100, 15), (1100, 9)], 'SIGKILL only for a worker that outlived SIGTERM'
+
+    signals.clear()
+
+    def kill_and_go(pid, signum):
+        signals.append((pid, signum))
+        (tmp_path / 'proc' / str(pid) / 'stat').unlink()
+
+    assert _lease.end_orphans(table, PLAYBOOK, '200', {2000}, kill_and_go, lambda s: None) == [1100]
+    assert signals == [(1100, 15)]
+
+
+def test_other_anchors_are_read_from_the_other_leases(tmp_path):
+    for name, pid in [('b1', 1000), ('b2', 2000), ('b3', None)]:
+        (tmp_path / name).mkdir()
+        make_lease(tmp_path / name / 'lease', build_id=name, anchor_pid=pid)
+    assert _lease.other_anchors(str(tmp_path), str(tmp_path / 'b1' / 'lease')) == {2000}
+
+
+@pytest.mark.parametrize('kept, ends', [(False, True), (True, False)])
+def test_the_keeper_ends_the_orphans_once_the_anchor_is_gone(tmp_path, kept, ends):
+    table = fake_proc(tmp_path / 'proc', AFTER_A_KILL)
+    root = tmp_path / 'work'
+    (root / 'b1').mkdir(parents=True)
+    (root / 'b2').mkdir()
+    path = make_lease(root / 'b1' / 'lease', build_id='b1', kept=kept)
+    make_lease(root / 'b2' / 'lease', build_id='b2', anchor_pid=2000)
+    signals = []
+
+    def kill(pid, signum):
+        signals.append((pid, signum))
+        (tmp_path / 'proc' / str(pid) / 'stat').unlink()
+
+    # the anchor 1000 is not in the table: gone at the first check
+    assert _lease.keep(path, 'b1', 6, 1000, '200', table, lambda s: None, anchor_cmdline=PLAYBOOK,
+                       kill=kill) == 'anchor gone'
+    assert signals == ([(1100, 15)] if ends else [])
