@@ -139,9 +139,16 @@ def default_grub(kernel_append: str) -> str:
             'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n') % append
 
 
+# systemd gives an fstab device 90 s to appear. The root filesystem is found by the initramfs (which
+# waits longer), but the ESP waits for udev after the switch to the root filesystem: on a host emulating
+# several guests at once (TCG), udev got to it after more than 90 s and the boot ended in emergency mode.
+ESP_DEVICE_TIMEOUT = '5min'
+
+
 def fstab(ident: Identity) -> str:
     return ('UUID=%s / ext4 errors=remount-ro 0 1\n'
-            'UUID=%s /boot/efi vfat umask=0077 0 1\n') % (ident.root_uuid, ident.esp_uuid)
+            'UUID=%s /boot/efi vfat umask=0077,x-systemd.device-timeout=%s 0 1\n'
+            ) % (ident.root_uuid, ident.esp_uuid, ESP_DEVICE_TIMEOUT)
 
 
 class Bootstrap:
