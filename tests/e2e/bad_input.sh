@@ -252,6 +252,11 @@ check ssh_port "build_image_ssh_port: port $busy on 127.0.0.1 is already in use"
 check server_port "build_image_server_port: port $busy on 127.0.0.1 is already in use" '  name: t
   os: debian-12' -e build_image_server_port="$busy"
 
+# --- a work root too deep for the VM's unix sockets (103 bytes) ------------------------------------
+deep=$dir/$(printf 'd%.0s' $(seq 90))
+check work_root_too_deep "build_image_work_root: $deep is too long: the VM 'test' would have the socket" '  name: t
+  os: debian-12' -e build_image_work_root="$deep"
+
 # --- unreachable mirrors ---------------------------------------------------------------------------
 check obsd_mirror_down "source.mirror: http://127.0.0.1:$dead/pub/OpenBSD/7.8/amd64/SHA256.sig cannot be reached: Connection refused" "  name: t
   os: openbsd-7.8
