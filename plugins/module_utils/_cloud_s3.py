@@ -27,9 +27,10 @@ recorded for the same digest, part size and size; it reuses only parts whose
 ETag is the MD5 of the same range of the local file (the rest are sent again),
 and the DigestCheck still reads the whole file before completing - so the
 object is completed only when the file has the digest the upload was created
-with. A recorded upload for other content is aborted. A failed run aborts its
-upload and removes the state file unless keep_partial; a killed run leaves both,
-and the next run with the same artifact resumes. (A run killed in the moment
+with. A recorded upload for other content is aborted. A failed or cancelled run
+(cloud_upload turns SIGTERM, SIGINT and SIGHUP into SystemExit) aborts its upload
+and removes the state file unless keep_partial; a run killed outright (SIGKILL)
+leaves both, and the next run with the same artifact resumes. (A run killed in the moment
 between CreateMultipartUpload and writing the state file leaves an upload no
 run knows of; a bucket lifecycle rule for incomplete multipart uploads removes
 such leftovers, as it does for every other S3 client.)

@@ -11,14 +11,19 @@ itself off" (0) from "qemu failed" (non-zero) or "killed" (negative signal).
 
 Given a build's lease (see _lease), the supervisor also ends the program once
 the lease goes stale - the build that started it is gone - and records that.
+On Linux the program also gets SIGTERM when its supervisor ends without
+ending it (a supervisor killed with SIGKILL): prctl(PR_SET_PDEATHSIG), which
+survives the exec. qemu ends on SIGTERM ("terminating on signal 15").
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import typing as t
 
@@ -95,14 +100,41 @@ def supervise_child(proc: 'subprocess.Popen[bytes]', lease: t.Optional[str], lea
     return {'returncode': proc.wait(), 'ended': time.time()}
 
 
+# linux/prctl.h
+PR_SET_PDEATHSIG = 1
+
+
+def parent_death_signal() -> t.Optional[t.Callable[..., int]]:
+    """libc's prctl on Linux (looked up before the fork: nothing is loaded in the child), else None."""
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        return t.cast(t.Callable[..., int], ctypes.CDLL(None, use_errno=True).prctl)
+    except (OSError, AttributeError):
+        return None
+
+
+def child_setup(parent: int, prctl: t.Optional[t.Callable[..., int]]) -> t.Callable[[], None]:
+    """What the supervised program's process does between fork and exec.
+
+    SIGINT back to its default (the detached supervisor ignores it); on Linux SIGTERM once
+    the supervisor is gone - and at once if it already went between the fork and the prctl.
+    """
+    def setup() -> None:  # pragma: no cover - runs in the forked child
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if prctl is not None and prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0 \
+                and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
 def _supervise(argv: t.List[str], pidfile: str, logfile: str, exitfile: str, report_fd: int,
                lease: t.Optional[str] = None, lease_ttl: float = 60.0) -> None:
     _detach([report_fd])
     log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                close_fds=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                close_fds=True, preexec_fn=child_setup(os.getpid(), parent_death_signal()))
     except OSError as exc:
         write_atomic(exitfile, json.dumps({'returncode': 127, 'error': str(exc), 'ended': time.time()}))
         os.write(report_fd, b'E')

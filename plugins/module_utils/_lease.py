@@ -362,8 +362,30 @@ def keep(path: str, build_id: str, ttl: float, anchor_pid: int, anchor_start: t.
         sleep(max(0.2, ttl / 6.0))
 
 
-def find_leases(work_root: str, now: t.Optional[float] = None) -> t.List[t.Dict[str, t.Any]]:
-    """The builds under work_root (directories with osimage-build.json) and the state of their leases."""
+def gone(data: t.Dict[str, t.Any], table: ProcessTable) -> bool:
+    """Whether the build of a lease is gone before its heartbeat is ttl old: its keeper ended and its anchor too.
+
+    Once both have ended nothing refreshes the lease any more, so it is certain to go stale; a
+    sweep (playbooks/cleanup.yml, the next build's start) need not wait for that. A lease
+    without a recorded keeper and anchor (one being written) is never taken for gone here, nor
+    is a keeper in its grace after an sshd anchor ended (it still runs). BuildLease.start
+    writes the new anchor before it ends an old keeper, so a restarted lease never names a
+    dead keeper and a dead anchor at once.
+    """
+    keeper, anchor = data.get('keeper_pid'), data.get('anchor_pid')
+    if not isinstance(keeper, int) or not isinstance(anchor, int) or data.get('kept'):
+        return False
+    return not table.alive(keeper, data.get('keeper_start')) and not table.alive(anchor, data.get('anchor_start'))
+
+
+def find_leases(work_root: str, now: t.Optional[float] = None,
+                table: t.Optional[ProcessTable] = None) -> t.List[t.Dict[str, t.Any]]:
+    """The builds under work_root (directories with osimage-build.json) and the state of their leases.
+
+    A lease is stale when its heartbeat is older than its ttl, or at once when its keeper and
+    anchor have both ended (see gone).
+    """
+    table = table or ProcessTable()
     found = []
     try:
         names = sorted(os.listdir(work_root))
@@ -386,7 +408,7 @@ def find_leases(work_root: str, now: t.Optional[float] = None) -> t.List[t.Dict[
             state = 'none'
         elif data is not None and data.get('kept'):
             state = 'kept'
-        elif is_stale(path, float((data or {}).get('ttl') or 60), now):
+        elif is_stale(path, float((data or {}).get('ttl') or 60), now) or gone(data or {}, table):
             state = 'stale'
         else:
             state = 'live'
@@ -398,6 +420,7 @@ def find_leases(work_root: str, now: t.Optional[float] = None) -> t.List[t.Dict[
             'lease': state,
             'age': None if seconds is None else round(seconds, 1),
             'staging_dir': staging_dir(build, build_id),
+            'controller_dir': controller_dir(build, build_id),
         })
     return found
 
@@ -415,6 +438,19 @@ def staging_dir(build: t.Dict[str, t.Any], build_id: str) -> t.Optional[str]:
     base = os.path.basename(path)
     if os.path.normpath(path) != path or not (base.startswith('.') and base.endswith('.%s.partial' % build_id)) \
             or len(base) <= len('..%s.partial' % build_id):
+        return None
+    return path
+
+
+def controller_dir(build: t.Dict[str, t.Any], build_id: str) -> t.Optional[str]:
+    """The build's directory on the controller (its SSH key for the guest), from its marker.
+
+    Only an absolute, plain path whose last component is the build's own id is returned.
+    """
+    path = build.get('controller_dir')
+    if not isinstance(path, str) or not os.path.isabs(path) or not build_id or os.path.normpath(path) != path:
+        return None
+    if os.path.basename(path) != build_id or build_id in ('.', '..'):
         return None
     return path
 
@@ -497,21 +533,21 @@ class BuildLease:
         if self.check_mode:
             planned = {'build_id': build_id, 'ttl': ttl, 'anchor_pid': anchor.pid, 'anchor_cmdline': anchor.describe()}
             return self.result(True, planned, False)
-        if running:
-            self._end_keeper(t.cast(t.Dict[str, t.Any], data))
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700)
-        fresh = {'build_id': build_id, 'ttl': ttl, 'keeper_pid': None, 'keeper_start': None,
-                 'anchor_pid': anchor.pid, 'anchor_start': anchor.start, 'anchor_cmdline': anchor.describe(),
-                 'started': time.time()}
-        write(self.path, fresh)
-        table = self.table
-        path = self.path
         # ansible-playbook itself ends only with the build; an sshd session also ends when the connection idles.
         grace = 0.0 if anchor_pid or is_playbook(anchor.cmdline) else max(remote_grace, 0.0)
-        fresh['grace'] = grace
+        fresh = {'build_id': build_id, 'ttl': ttl, 'keeper_pid': None, 'keeper_start': None,
+                 'anchor_pid': anchor.pid, 'anchor_start': anchor.start, 'anchor_cmdline': anchor.describe(),
+                 'started': time.time(), 'grace': grace}
+        # The live anchor first, then the old keeper ends (it goes on refreshing a lease without a
+        # keeper until then): a sweep never sees a dead keeper next to a dead anchor of a build that runs.
         write(self.path, fresh)
+        if running:
+            self._end_keeper(t.cast(t.Dict[str, t.Any], data))
+        table = self.table
+        path = self.path
         # A given anchor_pid is whatever the caller chose; only an ansible-playbook found above the task
         # has workers to end.
         workers_of = anchor.cmdline if not anchor_pid and is_playbook(anchor.cmdline) else ()

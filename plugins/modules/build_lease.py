@@ -162,7 +162,10 @@ builds:
       description: The build's hypervisor (V(qemu) or V(vmm)) as its C(osimage-build.json) says, or null.
       type: str
     lease:
-      description: V(live), V(stale) (the build is gone), V(kept) or V(none) (no lease file).
+      description:
+        - V(live), V(stale) (the build is gone), V(kept) or V(none) (no lease file).
+        - A lease is V(stale) once its heartbeat is older than its ttl, or at once when both its keeper and the
+          process it was anchored to have ended (nothing would refresh it any more).
       type: str
     age:
       description: Seconds since the lease's last heartbeat, or null.
@@ -172,6 +175,12 @@ builds:
         - The hidden directory C(.NAME-VERSION.ID.partial) in the output directory that the build exports to
           before its export is tested and moved into place, as its C(osimage-build.json) says, or null.
         - Only a path of that form naming the build's own id is returned.
+      type: str
+    controller_dir:
+      description:
+        - The build's directory on the controller (C(build_image_controller_root/ID), the SSH key the build made
+          for its guest), as its C(osimage-build.json) says, or null.
+        - Only an absolute path whose last component is the build's own id is returned.
       type: str
 dead:
   description: The work directories of the builds whose lease is V(stale).

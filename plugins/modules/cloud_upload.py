@@ -20,8 +20,10 @@ description:
     image of O(name) already carries the same digest, nothing is sent and the result is C(changed=false).
   - The data sent is checked against O(sha256) before the object or image becomes visible; a mismatch fails the
     task and leaves nothing behind.
-  - A failed upload leaves no partial object, snapshot or image behind unless O(keep_partial=true). An upload
-    that a killed run left unfinished is resumed (S3 multipart uploads) or replaced by the next run.
+  - A failed upload leaves no partial object, snapshot or image behind unless O(keep_partial=true); so does a
+    cancelled one (SIGTERM, SIGINT or SIGHUP, as ansible's worker passes them on when the playbook is cancelled or
+    its lease keeper ends the workers of a killed playbook). An upload that a run killed outright (SIGKILL of the
+    module itself) left unfinished is resumed (S3 multipart uploads) or replaced by the next run.
   - Throttling and network errors are retried with exponential backoff (O(retries)); waits for the cloud end
     after O(wait_timeout) seconds, or at once when the cloud reports a failure.
   - The cloud SDKs are imported only for the target in use (boto3; azure-storage-blob, azure-identity and
@@ -401,8 +403,9 @@ attributes:
     support: none
     description: Nothing to compare; the result says what was published or deleted.
 notes:
-  - A run that fails after the upload started deletes what it created unless O(keep_partial=true); a run killed
-    outright cannot, and the next run with the same O(sha256) resumes or replaces what it left.
+  - A run that fails or is cancelled after the upload started deletes what it created unless
+    O(keep_partial=true); a module killed outright (SIGKILL) cannot, and the next run with the same O(sha256)
+    resumes or replaces what it left.
 seealso:
   - module: osimage.builder.image_export
 requirements:
@@ -524,6 +527,7 @@ from ansible_collections.osimage.builder.plugins.module_utils._cloud_azure impor
 from ansible_collections.osimage.builder.plugins.module_utils._cloud_gce import GceBackend
 from ansible_collections.osimage.builder.plugins.module_utils._cloud_glance import GlanceBackend
 from ansible_collections.osimage.builder.plugins.module_utils._cloud_s3 import S3Backend
+from ansible_collections.osimage.builder.plugins.module_utils._cancel import unwind_on_signals
 from ansible_collections.osimage.builder.plugins.module_utils._errors import OsImageError
 
 BACKENDS = {
@@ -590,6 +594,9 @@ def main() -> None:
         retries=params['retries'],
         options={name: params[name] for name in TARGETS},
         credentials={name: params[name] for name in CREDENTIAL_OPTIONS}, check_mode=module.check_mode)
+    # A cancelled build (its worker passes SIGTERM on) still aborts an unfinished multipart upload or removes a
+    # half-made image, as a failed upload does (unless keep_partial).
+    unwind_on_signals()
     try:
         result = BACKENDS[target](request, warn=module.warn).run()
     except OsImageError as exc:

@@ -167,23 +167,14 @@ mmdebstrap_version:
 
 import os
 import shutil
-import signal
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.osimage.builder.plugins.module_utils import _apt_sources
 from ansible_collections.osimage.builder.plugins.module_utils._bootstrap import Bootstrap, Request
+from ansible_collections.osimage.builder.plugins.module_utils._cancel import unwind_on_signals
 from ansible_collections.osimage.builder.plugins.module_utils._errors import OsImageError
 from ansible_collections.osimage.builder.plugins.module_utils._sizes import parse_size
-
-
-def _unwind(signum: int, _frame: object) -> None:
-    """A cancelled build (ansible's worker passes SIGTERM on to its task) still releases the disk's
-    mounts and loop device and removes the partial files: the exception unwinds Bootstrap's
-    ExitStack. Once only, so that a second signal does not cut the unwinding short."""
-    for other in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(other, signal.SIG_IGN)
-    raise SystemExit(128 + signum)
 
 
 def main() -> None:
@@ -228,8 +219,9 @@ def main() -> None:
         builder = Bootstrap(module.run_command, check_mode=module.check_mode)
         if p['force'] and os.path.exists(builder.stamp_path(request)) and not module.check_mode:
             os.unlink(builder.stamp_path(request))
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, _unwind)
+        # A cancelled build (ansible's worker passes SIGTERM on to its task) still releases the disk's
+        # mounts and loop device and removes the partial files: Bootstrap's ExitStack unwinds.
+        unwind_on_signals()
         result = builder.ensure(request)
     except OsImageError as exc:
         module.fail_json(msg=exc.msg, **exc.context)

@@ -14,7 +14,8 @@ description:
   - Starts, stops, restarts or removes one qemu-system VM on the build host.
   - qemu runs detached under a small supervisor; its pidfile, QMP socket, console socket, console log,
     qemu log and exit status are kept in O(work_dir) under the VM's O(name), so builds with different
-    work directories never collide.
+    work directories never collide. On Linux qemu gets SIGTERM when its supervisor is killed
+    (C(PR_SET_PDEATHSIG)), so no qemu outlives it.
   - The serial console is a unix socket by default (or a pty); everything the guest writes on it is also kept
     in RV(console_log), whether or not a client is attached.
   - O(accel=auto) chooses KVM (Linux) or HVF (macOS) only after a tiny probe guest has really run under it

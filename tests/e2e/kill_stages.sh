@@ -9,8 +9,9 @@
 # work directory or attached to a loop device, and its output directory may hold no
 # file under the final NAME-VERSION name (only the hidden staging directory) - except
 # at publish, where the tested export is already in place and must be complete.
-# playbooks/cleanup.yml must then remove the dead build's work directory and its
-# staging directory.
+# The upload cut off at publish must have been aborted (no multipart upload left in the
+# bucket). playbooks/cleanup.yml must then remove, at once, the dead build's work
+# directory, its staging directory and its key directory on the controller.
 #
 #   bash tests/e2e/kill_stages.sh      -> one line per stage, then "kill stages: N passed, 0 failed"
 #
@@ -205,6 +206,15 @@ for obj in s3.list_objects_v2(Bucket='kill-images').get('Contents', []):
     local = os.path.join(sys.argv[2], os.path.basename(obj['Key']))
     sys.exit(0 if os.path.exists(local) and os.path.getsize(local) == obj['Size'] else 1)
 PY
+    # The cancelled upload was aborted: cloud_upload got SIGTERM from its worker, which the lease
+    # keeper ended (the KILL of the process group does not reach it), and no multipart upload is left.
+    "$py" - "$s3_url" <<'PY' || fail "an unfinished multipart upload is left in the bucket"
+import boto3, sys
+s3 = boto3.client('s3', endpoint_url=sys.argv[1])
+uploads = s3.list_multipart_uploads(Bucket='kill-images').get('Uploads', [])
+print('\n'.join('%s %s' % (u['Key'], u['UploadId']) for u in uploads), file=sys.stderr)
+sys.exit(1 if uploads else 0)
+PY
   else
     [ "$entries" = "$staging" ] || fail "the output directory holds more than the staging directory: $entries"
   fi
@@ -213,12 +223,14 @@ PY
   ansible-playbook playbooks/cleanup.yml -e build_image_work_root="$root" > "$sdir/cleanup.log" 2>&1 \
     || fail "cleanup.yml failed: $(tail -n 20 "$sdir/cleanup.log")"
   [ ! -e "$wd" ] || fail "cleanup.yml left the work directory $wd"
+  # the build's SSH key for its guest, in its directory on the controller
+  [ ! -e "$sdir/keys/$id" ] || fail "cleanup.yml left the controller's key directory $sdir/keys/$id"
   [ -z "$(cd "$out" && compgen -G ".$name-$version.*" || true)" ] || fail "cleanup.yml left $(ls -A "$out")"
   "$py" tests/e2e/kill_leftovers.py check "$wd" "$sdir/pids" "${marks[@]}" > "$sdir/left.json"
   "$py" -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(any(d.values()))' "$sdir/left.json" \
     || fail "left after cleanup.yml: $(cat "$sdir/left.json")"
-  printf 'PASS %-10s SIG%-4s everything gone %5s s after the kill (at: %s); checked: processes (qemu, servers, keeper, ansible workers and modules), mounts, loop devices, output directory%s, cleanup.yml removed work and staging directories\n' \
-    "$stage" "$sig" "$seconds" "${ready_of[$stage]}" "$([ "$stage" = publish ] && echo ' (complete, checksums hold), bucket')" > "$sdir/result"
+  printf 'PASS %-10s SIG%-4s everything gone %5s s after the kill (at: %s); checked: processes (qemu, servers, keeper, ansible workers and modules), mounts, loop devices, output directory%s, cleanup.yml removed work, staging and key directories\n' \
+    "$stage" "$sig" "$seconds" "${ready_of[$stage]}" "$([ "$stage" = publish ] && echo ' (complete, checksums hold), bucket (no partial object, no multipart upload)')" > "$sdir/result"
   rm -rf "$root"
 }
 

@@ -5,13 +5,14 @@ import datetime
 import hashlib
 import inspect
 import os
+import signal
 import typing as t
 
 import pytest
 
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from ansible_collections.osimage.builder.plugins.module_utils import _cloud_s3
+from ansible_collections.osimage.builder.plugins.module_utils import _cancel, _cloud_s3
 from ansible_collections.osimage.builder.plugins.module_utils._cloud import (
     Backend, CloudError, CredentialsError, DigestMismatch, Request, Session)
 from ansible_collections.osimage.builder.plugins.module_utils._errors import InvalidInput
@@ -404,6 +405,35 @@ def test_a_failed_upload_is_aborted(tmp_path: t.Any, home: t.Any) -> None:
     assert 'was kept' not in raised.value.msg
     assert fake.uploads == {} and fake.objects == {} and state_files(home) == []
     assert 'AbortMultipartUpload' in fake.ops()
+
+
+@pytest.mark.parametrize('keep_partial', [False, True])
+def test_a_cancelled_upload_is_aborted_unless_keep_partial(tmp_path: t.Any, home: t.Any, keep_partial: bool) -> None:
+    """SIGTERM as ansible's worker passes it on to its task: cloud_upload's unwind_on_signals makes it SystemExit."""
+    src, digest = artifact(tmp_path, 12 * MIB)
+    fake = FakeS3()
+    real = fake.upload_part
+
+    def term_during_part_two(**kw: t.Any) -> t.Dict[str, t.Any]:
+        if kw['PartNumber'] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(**kw)
+
+    fake.upload_part = term_during_part_two  # type: ignore[method-assign]
+    saved = {signum: signal.getsignal(signum) for signum in _cancel.CANCEL_SIGNALS}
+    try:
+        _cancel.unwind_on_signals()
+        with pytest.raises(SystemExit) as raised:
+            make(fake, src, sha256=digest, keep_partial=keep_partial, s3={'concurrency': 1}).run()
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert raised.value.code == 128 + signal.SIGTERM
+    assert fake.objects == {}
+    if keep_partial:
+        assert list(fake.uploads) == ['upload-1'] and len(state_files(home)) == 1
+    else:
+        assert fake.uploads == {} and state_files(home) == [] and 'AbortMultipartUpload' in fake.ops()
 
 
 def test_keep_partial_keeps_the_upload_and_the_next_run_resumes_it(tmp_path: t.Any, home: t.Any) -> None:

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from ansible_collections.osimage.builder.plugins.module_utils import _daemon
 
@@ -104,3 +107,23 @@ def test_the_detached_supervisor_records_the_expiry(tmp_path):
         time.sleep(0.1)
     record = json.loads(open(exitfile, encoding='utf-8').read())
     assert record['reason'] == 'lease expired' and record['returncode'] == -15
+
+
+def proc_ppid(pid):
+    with open('/proc/%d/stat' % pid, encoding='utf-8') as handle:
+        return int(handle.read().rsplit(')', 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='prctl(PR_SET_PDEATHSIG) is Linux')
+def test_the_program_ends_when_its_supervisor_is_killed(tmp_path):
+    """A SIGKILLed supervisor cannot end qemu itself: the parent-death signal does."""
+    pidfile, logfile, exitfile = (str(tmp_path / name) for name in ('x.pid', 'x.log', 'x.exit'))
+    assert _daemon.spawn_supervised(['sleep', '60'], pidfile, logfile, exitfile)
+    pid = _daemon.read_pid(pidfile)
+    supervisor = proc_ppid(pid)
+    assert supervisor != os.getpid()
+    os.kill(supervisor, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while os.path.exists('/proc/%d' % pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists('/proc/%d' % pid), 'the supervised program outlived its supervisor'

@@ -260,6 +260,55 @@ def test_find_leases(tmp_path):
     assert _lease.find_leases(str(tmp_path / 'missing')) == []
 
 
+@pytest.mark.parametrize('keeper, anchor, kept, state', [
+    # both ended: nothing refreshes the lease any more, the build is gone before ttl runs out
+    (False, False, False, 'stale'),
+    # a keeper that died (OOM) while ansible-playbook runs: the build lives
+    (False, True, False, 'live'),
+    # a keeper in its grace after an sshd anchor ended: the next stage may come
+    (True, False, False, 'live'),
+    (True, True, False, 'live'),
+    # a VM kept for debugging outlives its build
+    (False, False, True, 'kept'),
+])
+def test_a_fresh_lease_whose_keeper_and_anchor_ended_is_stale_at_once(tmp_path, keeper, anchor, kept, state):
+    root = tmp_path / 'work'
+    (root / 'b1').mkdir(parents=True)
+    (root / 'b1' / 'osimage-build.json').write_text(json.dumps({'id': 'b1'}))
+    make_lease(root / 'b1' / 'lease', 0, keeper_pid=5001, keeper_start='k', anchor_pid=1000, anchor_start='200',
+               kept=kept)
+    processes = {}
+    if keeper:
+        processes[5001] = ProcInfo(5001, 1, 'k', 'S', ('python3',))
+    if anchor:
+        processes[1000] = ANCHOR
+    [found] = _lease.find_leases(str(root), table=FakeTable(processes))
+    assert found['lease'] == state
+
+
+def test_a_lease_without_keeper_or_anchor_yet_is_not_gone(tmp_path):
+    assert not _lease.gone({'keeper_pid': None, 'anchor_pid': 1000}, FakeTable({}))
+    assert not _lease.gone({'keeper_pid': 5001}, FakeTable({}))
+    # a reused pid is not the keeper or the anchor
+    table = FakeTable({5001: ProcInfo(5001, 1, 'other', 'S', ()), 1000: ProcInfo(1000, 1, 'other', 'S', ())})
+    assert _lease.gone({'keeper_pid': 5001, 'keeper_start': 'k', 'anchor_pid': 1000, 'anchor_start': '200'}, table)
+
+
+def test_a_restarted_lease_names_the_live_anchor_before_the_old_keeper_ends(tmp_path):
+    lease, dummy, killed = machine(tmp_path)
+    lease.start('b1', 6, anchor_pid=1000)
+    seen = []
+    kill = lease.kill
+
+    def watching_kill(pid, signum):
+        seen.append(_lease.read(lease.path))
+        kill(pid, signum)
+    lease.kill = watching_kill
+    lease.start('b1', 12, anchor_pid=1000)
+    assert seen[0]['keeper_pid'] is None and seen[0]['anchor_pid'] == 1000 and seen[0]['ttl'] == 12
+    assert killed == [(5001, 15)]
+
+
 @pytest.mark.parametrize('marked, expected', [
     # what build_image writes: the hidden staging directory named after the build
     ('/srv/out/.deb-1.0.partial', None),
@@ -281,6 +330,26 @@ def test_find_leases_names_the_staging_directory_of_the_build(tmp_path, marked, 
     [found] = _lease.find_leases(str(tmp_path / 'work'))
     assert found['lease'] == 'stale'
     assert found['staging_dir'] == expected
+
+
+@pytest.mark.parametrize('marked, expected', [
+    ('/home/awx/.cache/osimage-builder/b7', '/home/awx/.cache/osimage-builder/b7'),
+    # never the controller root itself, another build's directory, a relative or a roundabout path
+    ('/home/awx/.cache/osimage-builder', None),
+    ('/home/awx/.cache/osimage-builder/b8', None),
+    ('.cache/osimage-builder/b7', None),
+    ('/home/awx/.cache/osimage-builder/x/../b7', None),
+    ('/home/awx/.cache/osimage-builder/b7/', None),
+    ('/', None),
+    (None, None),
+])
+def test_find_leases_names_the_controller_directory_of_the_build(tmp_path, marked, expected):
+    work = tmp_path / 'work' / 'b7'
+    work.mkdir(parents=True)
+    (work / 'osimage-build.json').write_text(json.dumps({'id': 'b7', 'controller_dir': marked}))
+    make_lease(work / 'lease', 100, build_id='b7')
+    [found] = _lease.find_leases(str(tmp_path / 'work'))
+    assert found['controller_dir'] == expected
 
 
 def test_find_leases_of_a_marker_without_staging_directory(tmp_path):
