@@ -582,22 +582,16 @@ def probe_listen(bind: str, port: int) -> None:
             raise _listen_error(exc, bind, port) from exc
 
 
-def _proc_stat(pid: int) -> t.Optional[t.Tuple[str, str]]:
-    """(state, start time) of a process from Linux /proc; None elsewhere or when it is gone."""
-    try:
-        with open('/proc/%d/stat' % pid, 'r', encoding='ascii', errors='replace') as handle:
-            fields = handle.read().rsplit(')', 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], fields[19]
+# State and start time of a process: /proc on Linux, ps(1) elsewhere (the lease's reader).
+PROCESSES = _lease.ProcessTable()
 
 
 def process_alive(pid: int) -> bool:
     if not _daemon.pid_alive(pid):
         return False
-    proc = _proc_stat(pid)
+    info = PROCESSES.info(pid)
     # An orphan that was killed stays a zombie where PID 1 does not reap children.
-    return proc is None or proc[0] != 'Z'
+    return info is None or not info.zombie
 
 
 def normalise(params: t.Dict[str, t.Any]) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, bytes], t.List[str]]:
@@ -694,8 +688,8 @@ class AutoinstallServer:
             return False
         if record.get('starttime'):
             # The pid may have been reused since (a reboot); the start time tells.
-            proc = _proc_stat(pid)
-            return proc is None or proc[1] == record['starttime']
+            info = PROCESSES.info(pid)
+            return info is None or info.start == record['starttime']
         return True
 
     def exists(self) -> bool:
@@ -836,13 +830,13 @@ class AutoinstallServer:
             shutil.rmtree(self.paths.files_dir, ignore_errors=True)
             raise ServeError('the server of %s did not start (the daemon ended before it wrote %s)'
                              % (self.name, self.paths.pidfile))
-        proc = _proc_stat(pid)
+        info = PROCESSES.info(pid)
         started = time.time()
         record = {
             'name': self.name,
             'spec': dict(spec, port=port),
             'pid': pid,
-            'starttime': proc[1] if proc else None,
+            'starttime': info.start if info else None,
             'token': token,
             'url': server_url(spec['bind'], port, token),
             'url_path': url_prefix(token),
