@@ -67,8 +67,10 @@ def poll_interval(ttl: float) -> float:
 
 def watch_lease(lease: str, ttl: float, alive: t.Callable[[], bool], on_expired: t.Callable[[], None],
                 clock: t.Callable[[], float] = time.time, sleep: t.Callable[[float], None] = time.sleep,
-                stale: t.Callable[[str, float, float], bool] = _lease.is_stale) -> str:
-    """Wait while alive() holds; call on_expired() once the lease is stale. Returns 'gone' or LEASE_EXPIRED."""
+                stale: t.Callable[[str, float, float], bool] = _lease.expired) -> str:
+    """Wait while alive() holds; call on_expired() once the lease is stale or its build gone (_lease.expired).
+
+    Returns 'gone' or LEASE_EXPIRED."""
     interval = poll_interval(ttl)
     while alive():
         if stale(lease, ttl, clock()):

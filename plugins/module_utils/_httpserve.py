@@ -517,6 +517,7 @@ def serve_until(server: ResponseServer, lifetime: float, files_dir: str, pidfile
                               daemon=True)
     worker.start()
     deadline = clock() + lifetime
+    next_lease_check = clock()
     try:
         # The signal handler only records the signal: taking a lock in it could deadlock.
         while worker.is_alive():
@@ -526,9 +527,12 @@ def serve_until(server: ResponseServer, lifetime: float, files_dir: str, pidfile
             if clock() >= deadline:
                 why = 'lifetime'
                 break
-            if lease and _lease.is_stale(lease, lease_ttl):
-                why = _daemon.LEASE_EXPIRED
-                break
+            # Polled as the qemu supervisor does (without /proc each poll runs ps).
+            if lease and clock() >= next_lease_check:
+                next_lease_check = clock() + _daemon.poll_interval(lease_ttl)
+                if _lease.expired(lease, lease_ttl):
+                    why = _daemon.LEASE_EXPIRED
+                    break
             time.sleep(0.2)
     finally:
         server.shutdown()

@@ -110,6 +110,17 @@ def is_stale(path: str, ttl: float, now: t.Optional[float] = None) -> bool:
     return not (read(path) or {}).get('kept', False)
 
 
+def expired(path: str, ttl: float, now: t.Optional[float] = None, table: t.Optional['ProcessTable'] = None) -> bool:
+    """What a build's background processes poll: the lease is stale, or its build is gone already (see gone).
+
+    Either way the build that started them will never come back to them; the second ends them
+    within a poll instead of after ttl.
+    """
+    if is_stale(path, ttl, now):
+        return True
+    return gone(read(path) or {}, table or ProcessTable())
+
+
 def require_live(path: str, ttl: float) -> t.Optional[str]:
     """The build id of a live lease; a missing or stale one would end a new process at once: InvalidInput."""
     if ttl <= 0:
@@ -188,6 +199,26 @@ class ProcessTable:
                 return None
             return ProcInfo(pid, ppid, start, state, cmdline)
         return parse_ps(pid, self.run_ps(PS_ARGV + [str(pid)]))
+
+    def exists(self, pid: int) -> bool:
+        """Whether any process has this pid (also one whose facts cannot be read: another user's, hidepid)."""
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def ended(self, pid: int, start: t.Optional[str]) -> bool:
+        """Whether the process that started at start has certainly ended: no such pid, a zombie or a reused pid.
+
+        Unlike not alive(), a process whose facts cannot be read is not taken for ended.
+        """
+        info = self.info(pid)
+        if info is not None:
+            return info.zombie or (start is not None and info.start != start)
+        return not self.exists(pid)
 
     def alive(self, pid: int, start: t.Optional[str]) -> bool:
         """Whether pid is still the process that started at start (a reused pid is not; nor is a zombie)."""
@@ -373,9 +404,10 @@ def gone(data: t.Dict[str, t.Any], table: ProcessTable) -> bool:
     dead keeper and a dead anchor at once.
     """
     keeper, anchor = data.get('keeper_pid'), data.get('anchor_pid')
-    if not isinstance(keeper, int) or not isinstance(anchor, int) or data.get('kept'):
+    if not isinstance(keeper, int) or not isinstance(anchor, int) or keeper <= 0 or anchor <= 0 \
+            or data.get('kept'):
         return False
-    return not table.alive(keeper, data.get('keeper_start')) and not table.alive(anchor, data.get('anchor_start'))
+    return table.ended(keeper, data.get('keeper_start')) and table.ended(anchor, data.get('anchor_start'))
 
 
 def find_leases(work_root: str, now: t.Optional[float] = None,

@@ -847,8 +847,8 @@ def watchdog_pidfile(lease: str, name: str) -> str:
 
 def watch_vm(tool: VmctlTool, name: str, lease: str, ttl: float,
              clock: t.Callable[[], float] = time.time, sleep: t.Callable[[float], None] = time.sleep,
-             stale: t.Callable[[str, float, float], bool] = _lease.is_stale) -> str:
-    """The watchdog's loop: "vmctl stop -f NAME" once the lease is stale; returns when the VM is gone."""
+             stale: t.Callable[[str, float, float], bool] = _lease.expired) -> str:
+    """The watchdog's loop: "vmctl stop -f NAME" once the lease expired; returns when the VM is gone."""
     begun = clock()
 
     def alive() -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import typing as t
 
@@ -294,6 +295,35 @@ def test_a_lease_without_keeper_or_anchor_yet_is_not_gone(tmp_path):
     assert _lease.gone({'keeper_pid': 5001, 'keeper_start': 'k', 'anchor_pid': 1000, 'anchor_start': '200'}, table)
 
 
+def test_a_process_whose_facts_cannot_be_read_is_not_taken_for_ended():
+    """/proc mounted with hidepid: another user's keeper has no /proc entry, but its pid exists."""
+    class Hidden(FakeTable):
+        def exists(self, pid):
+            return pid in (5001, 1000)
+    data = {'keeper_pid': 5001, 'keeper_start': 'k', 'anchor_pid': 1000, 'anchor_start': '200'}
+    assert not _lease.gone(data, Hidden({}))
+    assert _lease.gone(data, FakeTable({}))
+
+
+def test_expired_is_stale_or_gone(tmp_path):
+    fresh = make_lease(tmp_path / 'lease', 0, keeper_pid=5001, keeper_start='k', anchor_pid=1000, anchor_start='200')
+    assert not _lease.expired(fresh, 6, table=FakeTable({1000: ANCHOR}))
+    assert _lease.expired(fresh, 6, table=FakeTable({}))
+    old = make_lease(tmp_path / 'old', 100)
+    assert _lease.expired(old, 6, table=FakeTable({}))
+    assert _lease.expired(str(tmp_path / 'missing'), 6, table=FakeTable({}))
+
+
+def test_the_real_table_tells_an_ended_process():
+    table = ProcessTable()
+    me = table.info(os.getpid())
+    assert not table.ended(os.getpid(), me.start)
+    assert table.ended(os.getpid(), 'not-' + me.start)
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    assert table.ended(proc.pid, None)
+
+
 def test_a_restarted_lease_names_the_live_anchor_before_the_old_keeper_ends(tmp_path):
     lease, dummy, killed = machine(tmp_path)
     lease.start('b1', 6, anchor_pid=1000)
@@ -369,6 +399,9 @@ class FakeTable(ProcessTable):
 
     def info(self, pid: int) -> t.Optional[ProcInfo]:
         return self.processes.get(pid)
+
+    def exists(self, pid: int) -> bool:
+        return pid in self.processes
 
 
 ANCHOR = ProcInfo(1000, 1, '200', 'S', ('python3', '/usr/bin/ansible-playbook', 'build.yml'))
