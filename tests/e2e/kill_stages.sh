@@ -3,12 +3,16 @@
 # (blueprints/debian-12.yml without extra packages, one qcow2 output) is killed once in
 # each stage - bootstrap (mmdebstrap's disk: loop device and mounts), first_boot (qemu and
 # the seed server), provision (the guest over SSH), export (image_export writing),
-# image_test (the test VM and its seed server), publish (the upload to a moto S3 server).
+# image_test (the test VM and its seed server), publish (the upload to a moto S3 server) -
+# and the OpenBSD vmm build through the stand-ins (blueprints/openbsd-stand-in.yml, see
+# tests/e2e/openbsd_stand_in.sh) in install (the installer's VM in vmd, the server of the
+# sets and install.conf, the wait on the installer's console).
 # After each kill, within lease ttl + 15 s, nothing of the build may run any more (no
 # qemu, response server, lease keeper, ansible worker), nothing may stay mounted under its
 # work directory or attached to a loop device, and its output directory may hold no
 # file under the final NAME-VERSION name (only the hidden staging directory) - except
-# at publish, where the tested export is already in place and must be complete.
+# at publish, where the tested export is already in place and must be complete; vmd may
+# list no VM of the build.
 # The upload cut off at publish must have been aborted (no multipart upload left in the
 # bucket). playbooks/cleanup.yml must then remove, at once, the dead build's work
 # directory, its staging directory and its key directory on the controller.
@@ -18,9 +22,11 @@
 # Environment: KILL_DIR (default .tmp/kill), KILL_WORK_ROOT (default /var/tmp/osimage-builder-kill;
 # each killed build gets a work root of its own below it, so that the cleanup under test
 # is the one for that build), KILL_TTL (build_image_lease_ttl, default 10), KILL_JOBS (kill
-# builds at a time, default 2), KILL_STAGES (default: all six), RESULTS (writes
+# builds at a time, default 2), KILL_STAGES (default: all seven), RESULTS (writes
 # kill_stages.count). Needs root (the bootstrap makes loop devices and mounts), qemu, moto
-# in .venv, and the build host's own Debian mirror.
+# in .venv, and the build host's own Debian mirror; install needs what
+# tests/e2e/openbsd_stand_in.sh prepare makes (this script runs it: the stand-in vmd and
+# the mirror on port 8078 are one per host, so nothing else may use them meanwhile).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 top=$PWD
@@ -33,7 +39,7 @@ jobs=${KILL_JOBS:-2}
 # bootstrap first: it makes the root filesystem tarball that the other builds then take from
 # debian_bootstrap's cache (they start once it is there); then the longest runs first, so that
 # the builds that run side by side finish close together.
-stages=${KILL_STAGES:-bootstrap publish image_test export provision first_boot}
+stages=${KILL_STAGES:-bootstrap publish image_test export install provision first_boot}
 # Everything must be gone this long after the signal: the lease's ttl, the keeper's and
 # the background processes' polling, and a margin for a loaded build host.
 limit=$((ttl + 15))
@@ -56,7 +62,9 @@ finish() {
     if [ "$pid" != $$ ]; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   $background stop-all "$kill_dir/servers" >/dev/null 2>&1 || true
+  if [ "$openbsd" = 1 ]; then E2E_DIR=$kill_dir bash tests/e2e/openbsd_stand_in.sh stop || true; fi
 }
+openbsd=0
 trap finish EXIT
 
 # --- the S3 server the publish stage uploads to, as in the e2e target ----------------------------
@@ -97,14 +105,16 @@ PY
 #   os.killpg(os.getpgid(pid), SIGKILL) on the playbook it spawned in a session of its
 #   own). ansible's workers call setsid(), so the worker of the current task is not in that
 #   group and lives on - the lease keeper must end it.
-declare -A signal_of=([bootstrap]=INT [first_boot]=TERM [provision]=KILL [export]=INT [image_test]=TERM [publish]=KILL)
+declare -A signal_of=([bootstrap]=INT [first_boot]=TERM [provision]=KILL [export]=INT [image_test]=TERM [publish]=KILL
+                      [install]=KILL)
 declare -A banner_of=(
   [bootstrap]='TASK \[osimage.builder.bootstrap : Build the root filesystem'
   [first_boot]='TASK \[osimage.builder.first_boot : Watch the serial console'
   [provision]='TASK \[osimage.builder.provision : Apply the OS-specific settings\]'
   [export]='TASK \[osimage.builder.export : Export the disk'
   [image_test]='TASK \[osimage.builder.image_test : Wait for the login prompt'
-  [publish]='TASK \[osimage.builder.publish : Upload the artifact')
+  [publish]='TASK \[osimage.builder.publish : Upload the artifact'
+  [install]='TASK \[osimage.builder.install : Answer bsd.rd')
 # What shows that the stage's processes and files exist, checked after the banner.
 declare -A ready_of=(
   [bootstrap]='a mount under the work directory (the root filesystem being unpacked)'
@@ -112,7 +122,8 @@ declare -A ready_of=(
   [provision]='the guest being provisioned over SSH, 3 s into the provision role'
   [export]='a partial artifact in the staging directory'
   [image_test]='the test VM and its seed server running, 3 s into the console watch'
-  [publish]='the upload running, 2 s into it')
+  [publish]='the upload running, 2 s into it'
+  [install]='the installer VM in vmd and the sets server running, 3 s into the installer dialogue')
 
 fail() { echo "FAIL $stage: $*" | tee -a "$sdir/result" >&2; exit 1; }
 
@@ -128,7 +139,7 @@ stage_ready() {  # stage_ready WORK_DIR OUTPUT_DIR SINCE: 0 once the stage's thi
   now=$(date +%s)
   case $stage in
     bootstrap) findmnt -rn -o TARGET | grep -q "^$wd/" ;;
-    export) compgen -G "$out/.$name-$version.*.partial/.*partial*" > /dev/null ;;
+    export) compgen -G "$out/.$bname-$bversion.*.partial/.*partial*" > /dev/null ;;
     publish) [ $((now - since)) -ge 2 ] ;;
     *) [ $((now - since)) -ge 3 ] ;;
   esac
@@ -138,13 +149,18 @@ run_stage() {
   stage=$1
   sdir=$kill_dir/$stage
   local sig=${signal_of[$stage]} banner=${banner_of[$stage]} root=$work_root/$stage
-  local out=$sdir/output log=$sdir/build.log bp=$kill_dir/blueprint.yml
+  local out=$sdir/output log=$sdir/build.log bp=$kill_dir/blueprint.yml bname=$name bversion=$version
+  # the vmm build runs vmctl from the stand-ins, as tests/e2e/openbsd_stand_in.sh does
+  local path=$PATH
   [ "$stage" = publish ] && bp=$kill_dir/blueprint-publish.yml
+  if [ "$stage" = install ]; then
+    bp=$top/blueprints/openbsd-stand-in.yml bname=openbsd-stand-in bversion=7.8.0 path=$top/tests/standins:$PATH
+  fi
   rm -rf "$root"
   mkdir -p "$sdir" "$out" "$root"
   # Its own session, as a terminal, AWX or a CI runner would start it; $! is ansible-playbook
   # itself (setsid execs it, this script's jobs are no process group leaders).
-  setsid ansible-playbook build-image.yml -e @"$bp" -e osimage_output_dir="$out" \
+  PATH=$path setsid ansible-playbook build-image.yml -e @"$bp" -e osimage_output_dir="$out" \
     -e build_image_accel=tcg -e build_image_lease_ttl="$ttl" -e build_image_work_root="$root" \
     -e build_image_controller_root="$sdir/keys" > "$log" 2>&1 < /dev/null &
   local playbook=$! seen=0 since wd
@@ -187,19 +203,27 @@ run_stage() {
   done
   local seconds
   seconds=$("$py" -c 'import sys; print("%.1f" % (float(sys.argv[2]) - float(sys.argv[1])))' "$killed_at" "$gone_at")
+  # vmd lists no VM of the build (its qemu carries the name, so the process check saw it end too)
+  if [ "$stage" = install ]; then
+    local listed
+    listed=$(PATH=$path vmctl status 2>&1) || fail "vmctl status failed: $listed"
+    if printf '%s\n' "$listed" | awk -v id="$id" 'NR > 1 && ($NF == id || $NF == "test-" id)' | grep -q .; then
+      fail "vmd still lists a VM of the build: $listed"
+    fi
+  fi
 
   # Nothing under the final name unless it is complete. Before publish the export has not
   # been moved into place: the output directory holds at most the hidden staging directory.
   local staging entries
-  staging=$(cd "$out" && { compgen -G ".$name-$version.$id.partial" || true; })
+  staging=$(cd "$out" && { compgen -G ".$bname-$bversion.$id.partial" || true; })
   entries=$(cd "$out" && ls -A)
   if [ "$stage" = publish ]; then
     # The tested export was renamed into place before the upload: complete, checksums hold.
-    [ -f "$out/$name-$version/manifest.json" ] || fail "no manifest in $out/$name-$version"
-    (cd "$out/$name-$version" && sha256sum --quiet -c SHA256SUMS) || fail "SHA256SUMS does not hold"
+    [ -f "$out/$bname-$bversion/manifest.json" ] || fail "no manifest in $out/$bname-$bversion"
+    (cd "$out/$bname-$bversion" && sha256sum --quiet -c SHA256SUMS) || fail "SHA256SUMS does not hold"
     # An object under the published name is the whole artifact (a multipart upload that was
     # cut off never shows up as an object).
-    "$py" - "$s3_url" "$out/$name-$version" <<'PY' || fail "a partial object in the bucket"
+    "$py" - "$s3_url" "$out/$bname-$bversion" <<'PY' || fail "a partial object in the bucket"
 import boto3, os, sys
 s3 = boto3.client('s3', endpoint_url=sys.argv[1])
 for obj in s3.list_objects_v2(Bucket='kill-images').get('Contents', []):
@@ -220,19 +244,30 @@ PY
   fi
 
   # playbooks/cleanup.yml removes the dead build's work directory and staging directory at once.
-  ansible-playbook playbooks/cleanup.yml -e build_image_work_root="$root" > "$sdir/cleanup.log" 2>&1 \
+  PATH=$path ansible-playbook playbooks/cleanup.yml -e build_image_work_root="$root" > "$sdir/cleanup.log" 2>&1 \
     || fail "cleanup.yml failed: $(tail -n 20 "$sdir/cleanup.log")"
   [ ! -e "$wd" ] || fail "cleanup.yml left the work directory $wd"
   # the build's SSH key for its guest, in its directory on the controller
   [ ! -e "$sdir/keys/$id" ] || fail "cleanup.yml left the controller's key directory $sdir/keys/$id"
-  [ -z "$(cd "$out" && compgen -G ".$name-$version.*" || true)" ] || fail "cleanup.yml left $(ls -A "$out")"
+  [ -z "$(cd "$out" && compgen -G ".$bname-$bversion.*" || true)" ] || fail "cleanup.yml left $(ls -A "$out")"
   "$py" tests/e2e/kill_leftovers.py check "$wd" "$sdir/pids" "${marks[@]}" > "$sdir/left.json"
   "$py" -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(any(d.values()))' "$sdir/left.json" \
     || fail "left after cleanup.yml: $(cat "$sdir/left.json")"
   printf 'PASS %-10s SIG%-4s everything gone %5s s after the kill (at: %s); checked: processes (qemu, servers, keeper, ansible workers and modules), mounts, loop devices, output directory%s, cleanup.yml removed work, staging and key directories\n' \
-    "$stage" "$sig" "$seconds" "${ready_of[$stage]}" "$([ "$stage" = publish ] && echo ' (complete, checksums hold), bucket (no partial object, no multipart upload)')" > "$sdir/result"
+    "$stage" "$sig" "$seconds" "${ready_of[$stage]}" "$(case $stage in
+      publish) echo ' (complete, checksums hold), bucket (no partial object, no multipart upload)' ;;
+      install) echo ', vmctl status (no VM of the build)' ;; esac)" > "$sdir/result"
   rm -rf "$root"
 }
+
+# --- the OpenBSD stand-ins: the mirror, the installer, vmd --------------------------------------------
+case " $stages " in
+  *" install "*)
+    openbsd=1
+    E2E_DIR=$kill_dir bash tests/e2e/openbsd_stand_in.sh prepare > "$kill_dir/openbsd-prepare.log" 2>&1 \
+      || { tail -n 30 "$kill_dir/openbsd-prepare.log" >&2; exit 1; }
+    ;;
+esac
 
 # --- KILL_JOBS builds at a time ---------------------------------------------------------------------
 running=0
