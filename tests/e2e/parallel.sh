@@ -6,7 +6,8 @@
 #   B  the OpenBSD vmm flow through the stand-ins (tests/e2e/openbsd_stand_in.sh build; its mirror,
 #      installer, mirror server and vmd are prepared before the builds start, its checks run after)
 #   C  one run of build-image.yml over two inventory entries of this host (tests/e2e/parallel-inventory.yml:
-#      par-c and par-d, each with a blueprint of its own), i.e. two builds in one playbook run
+#      par-c, a Debian qemu build, and par-d, the OpenBSD vmm flow through the stand-ins beside B's),
+#      i.e. two builds with different hypervisors in one playbook run
 # All start at once. Afterwards: four different build ids, four output directories that pass
 # sha256sum -c and hold nothing but the finished artifacts, no port held by two builds at the same time
 # (tests/e2e/parallel_watch.py samples the work directories while they run), and no qemu, response
@@ -39,7 +40,7 @@ finish() {
   # nothing of the test outlives it; their leases make their qemu and servers end within a minute.
   for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   if [ -n "$watcher" ]; then kill -TERM "$watcher" 2>/dev/null || true; fi
-  if wants B; then bash tests/e2e/openbsd_stand_in.sh stop || true; fi
+  if wants B || wants C; then bash tests/e2e/openbsd_stand_in.sh stop || true; fi
   exit "$rc"
 }
 trap finish EXIT
@@ -47,7 +48,7 @@ trap finish EXIT
 # --- preparation, before anything is timed -------------------------------------------------------
 prep_start=$(now)
 if wants A; then "$playbook" tests/e2e/prepare.yml >"$par/logs/prepare.log" 2>&1 || { tail -60 "$par/logs/prepare.log"; exit 1; }; fi
-if wants B; then bash tests/e2e/openbsd_stand_in.sh prepare >"$par/logs/openbsd-prepare.log" 2>&1 \
+if wants B || wants C; then bash tests/e2e/openbsd_stand_in.sh prepare >"$par/logs/openbsd-prepare.log" 2>&1 \
   || { tail -60 "$par/logs/openbsd-prepare.log"; exit 1; }; fi
 echo "parallel: preparation took $(seconds "$prep_start" "$(now)") s"
 
@@ -82,7 +83,9 @@ if wants B; then
   start B "$par/logs/B.log" "OpenBSD stand-in (openbsd-stand-in, vmm)" -- bash tests/e2e/openbsd_stand_in.sh build
 fi
 if wants C; then
-  start C "$par/logs/C.log" "one run, two inventory entries (par-c qcow2, par-d raw.zst+vhd)" -- \
+  # par-d's vmctl is the stand-in's, as in run B
+  start C "$par/logs/C.log" "one run, two inventory entries (par-c Debian qemu raw.zst, par-d OpenBSD stand-in vmm raw+vhd)" -- \
+    env PATH="$PWD/tests/standins:$PATH" \
     "$playbook" -i tests/e2e/parallel-inventory.yml build-image.yml -e osimage_build_hosts=par_builds \
     -e osimage_output_dir="$par/output" -e build_image_accel=tcg "${extra[@]}"
 fi
@@ -127,10 +130,8 @@ if wants A; then
   bash tests/e2e/no_secrets.sh "$E2E_DIR/blueprint.yml" "$E2E_DIR/build-output.log" "$E2E_DIR/output" \
     "$work_root" "$HOME/.cache/osimage-builder"
 fi
-if wants B; then
-  bash tests/e2e/openbsd_stand_in.sh check
-  bash tests/e2e/openbsd_stand_in.sh stop
-fi
+if wants B; then bash tests/e2e/openbsd_stand_in.sh check; fi
+if wants B || wants C; then bash tests/e2e/openbsd_stand_in.sh stop; fi
 
 # Then what the builds must not have shared. The output directories each build wrote, by run:
 outputs=()
