@@ -591,11 +591,8 @@ PROCESSES = _lease.ProcessTable()
 
 
 def process_alive(pid: int) -> bool:
-    if not _daemon.pid_alive(pid):
-        return False
-    info = PROCESSES.info(pid)
-    # An orphan that was killed stays a zombie where PID 1 does not reap children.
-    return info is None or not info.zombie
+    # An orphan that was killed stays a zombie where PID 1 does not reap children: ended too.
+    return not PROCESSES.ended(pid, None)
 
 
 def normalise(params: t.Dict[str, t.Any]) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, bytes], t.List[str]]:
@@ -688,13 +685,10 @@ class AutoinstallServer:
         """Whether the server of record runs; a pid without a record is never taken for it (nor killed)."""
         pid = self.pid()
         record = self.record() or {}
-        if pid is None or record.get('pid') != pid or not process_alive(pid):
+        if pid is None or record.get('pid') != pid:
             return False
-        if record.get('starttime'):
-            # The pid may have been reused since (a reboot); the start time tells.
-            info = PROCESSES.info(pid)
-            return info is None or info.start == record['starttime']
-        return True
+        # The pid may have been reused since (a reboot); the start time tells.
+        return not PROCESSES.ended(pid, record.get('starttime') or None)
 
     def exists(self) -> bool:
         return any(os.path.lexists(path) for path in (self.paths.pidfile, self.paths.statefile,

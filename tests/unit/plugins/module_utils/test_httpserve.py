@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -569,3 +570,31 @@ def test_a_new_lease_restarts_the_server():
                                          dict(RUNNING, lease='/w/lease', lease_ttl=6.0)) == ['lease', 'lease_ttl']
     assert _httpserve.config_differences(dict(RUNNING, lease='/w/lease', lease_ttl=6),
                                          dict(RUNNING, lease='/w/lease', lease_ttl=6.0)) == []
+
+
+def test_a_server_of_record_runs_only_while_its_pid_is_the_process_that_started(tmp_path):
+    """A pid reused since the record was written (a reboot) is not the server; a zombie neither."""
+    server = _httpserve.AutoinstallServer(str(tmp_path), 'seed')
+    me = _httpserve.PROCESSES.info(os.getpid())
+
+    def record(pid, starttime):
+        with open(server.paths.pidfile, 'w', encoding='ascii') as handle:
+            handle.write('%d\n' % pid)
+        with open(server.paths.statefile, 'w', encoding='utf-8') as handle:
+            json.dump({'pid': pid, 'starttime': starttime}, handle)
+
+    record(os.getpid(), me.start)
+    assert server.running()
+    record(os.getpid(), None)
+    assert server.running()
+    record(os.getpid(), 'not-' + me.start)
+    assert not server.running()
+    zombie = subprocess.Popen(['true'])
+    deadline = time.monotonic() + 5
+    while _httpserve.PROCESSES.info(zombie.pid).state[0] != 'Z' and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        record(zombie.pid, None)
+        assert not server.running()
+    finally:
+        zombie.wait()
